@@ -1,0 +1,5 @@
+"""Allows ``python -m gpumeter``."""
+
+from gpumeter.cli import main
+
+raise SystemExit(main())
