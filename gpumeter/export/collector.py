@@ -1,0 +1,162 @@
+"""Prometheus metric families built at collect time from the latest snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from gpumeter import __version__
+from gpumeter.gpus import GpuSample
+from gpumeter.processes import ProcessInfo
+from gpumeter.snapshot import NodeSnapshot
+
+__all__ = ["SnapshotCollector"]
+
+_PROCESS_LABELS = ["gpu", "pid", "command", "container", "pod", "namespace"]
+_SHORT_CONTAINER_ID = 12
+
+
+class SnapshotCollector(Collector):
+    """Turns the daemon's latest :class:`NodeSnapshot` into metric families.
+
+    Families are built anew on every scrape, so a GPU, process or error that is
+    gone from the snapshot leaves no stale series behind.
+
+    Args:
+        snapshot: returns the latest snapshot; called once per scrape.
+    """
+
+    def __init__(self, snapshot: Callable[[], NodeSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Yields every gpumeter family for the current snapshot."""
+        snap = self._snapshot()
+        yield InfoMetricFamily(
+            "gpumeter_build", "gpumeter's version.", value={"version": __version__}
+        )
+        nvml_up = GaugeMetricFamily(
+            "gpumeter_nvml_up", "1 if NVML is initialized and answering, else 0."
+        )
+        nvml_up.add_metric([], 1.0 if snap.nvml_up else 0.0)
+        yield nvml_up
+        errors = CounterMetricFamily(
+            "gpumeter_nvml_errors",
+            "NVML calls that failed, by GPU, call and error.",
+            labels=["gpu", "call", "error"],
+        )
+        for (gpu, call, error), count in sorted(snap.nvml_errors.items()):
+            errors.add_metric([gpu, call, error], float(count))
+        yield errors
+        yield from _gpu_families(snap)
+        yield from _process_families(snap)
+
+
+def _gpu_families(snap: NodeSnapshot) -> Iterator[Metric]:
+    info = GaugeMetricFamily(
+        "gpumeter_gpu_info",
+        "Identity of each GPU or MIG instance; always 1.",
+        labels=["gpu", "uuid", "name", "driver"],
+    )
+    up = GaugeMetricFamily(
+        "gpumeter_gpu_up", "1 if the GPU answered this tick, else 0.", labels=["gpu"]
+    )
+    energy = CounterMetricFamily(
+        "gpumeter_gpu_energy_joules",
+        "NVML's total-energy counter: joules since the driver loaded.",
+        labels=["gpu"],
+    )
+    gauges: dict[str, tuple[GaugeMetricFamily, Callable[[GpuSample], float | None]]]
+    gauges = {
+        "power": (
+            _gauge("gpumeter_gpu_power_watts", "Board power draw in watts."),
+            lambda s: s.power_watts,
+        ),
+        "util": (
+            _gauge(
+                "gpumeter_gpu_utilization_ratio",
+                "Fraction of the last sample period in which a kernel ran.",
+            ),
+            lambda s: s.utilization_ratio,
+        ),
+        "used": (
+            _gauge("gpumeter_gpu_memory_used_bytes", "GPU memory in use, in bytes."),
+            lambda s: s.memory_used_bytes,
+        ),
+        "total": (
+            _gauge("gpumeter_gpu_memory_total_bytes", "GPU memory size, in bytes."),
+            lambda s: s.memory_total_bytes,
+        ),
+        "temperature": (
+            _gauge("gpumeter_gpu_temperature_celsius", "GPU core temperature."),
+            lambda s: s.temperature_celsius,
+        ),
+        "limit": (
+            _gauge(
+                "gpumeter_gpu_power_limit_watts", "Enforced board power limit in watts."
+            ),
+            lambda s: s.power_limit_watts,
+        ),
+    }
+    driver = snap.driver_version or ""
+    for sample in snap.gpus:
+        gpu = sample.device.label
+        info.add_metric([gpu, sample.device.uuid, sample.device.name, driver], 1.0)
+        up.add_metric([gpu], 1.0 if sample.up else 0.0)
+        if sample.energy_joules is not None:
+            energy.add_metric([gpu], sample.energy_joules)
+        for family, value_of in gauges.values():
+            value = value_of(sample)
+            if value is not None:
+                family.add_metric([gpu], float(value))
+    yield info
+    yield up
+    yield energy
+    for family, _ in gauges.values():
+        yield family
+
+
+def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["gpu"])
+
+
+def _process_families(snap: NodeSnapshot) -> Iterator[Metric]:
+    memory = GaugeMetricFamily(
+        "gpumeter_process_gpu_memory_bytes",
+        "GPU memory held by a process, in bytes.",
+        labels=_PROCESS_LABELS,
+    )
+    utilization = GaugeMetricFamily(
+        "gpumeter_process_gpu_utilization_ratio",
+        "A process's mean SM utilization since the previous tick, 0-1.",
+        labels=_PROCESS_LABELS,
+    )
+    for sample in snap.gpus:
+        for process in sample.processes:
+            labels = [
+                sample.device.label,
+                str(process.pid),
+                *_process_labels(snap.processes.get(process.pid)),
+            ]
+            if process.memory_bytes is not None:
+                memory.add_metric(labels, float(process.memory_bytes))
+            if process.sm_utilization_ratio is not None:
+                utilization.add_metric(labels, process.sm_utilization_ratio)
+    yield memory
+    yield utilization
+
+
+def _process_labels(info: ProcessInfo | None) -> list[str]:
+    """The command, container, pod and namespace labels of a process."""
+    if info is None:
+        return ["", "", "", ""]
+    container = (info.container_id or "")[:_SHORT_CONTAINER_ID]
+    # The namespace needs the Kubernetes API; /proc alone cannot tell it.
+    return [info.command, container, info.pod_uid or "", ""]

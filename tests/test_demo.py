@@ -1,0 +1,89 @@
+"""``gpumeter demo`` end to end: served metrics, and energy that matches power."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gpumeter.config import Settings
+from gpumeter.demo import Demo
+from gpumeter.sim.demo_node import DEMO_GPU_UUIDS
+from tests.promtool import check_metrics
+from tests.running import (
+    Gpumeter,
+    Series,
+    base_env,
+    free_port,
+    get,
+    series,
+    wait_for,
+)
+
+DURATION_S = 20.0
+TICK_S = 1.0  # the default GPU interval
+
+
+@pytest.mark.slow
+def test_demo_energy_grows_by_power_times_time(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = Gpumeter(
+        ["demo", "--duration", str(DURATION_S), "--listen", f"127.0.0.1:{port}"],
+        base_env(),
+        tmp_path,
+    )
+    ticks: list[tuple[dict[str, float], dict[str, float]]] = []
+    ended = False
+    try:
+        wait_for(lambda: get(f"{base}/metrics")[0] == 200 or None, 10, "the demo")
+        exposition = get(f"{base}/metrics")[1]
+        assert check_metrics(exposition) == []
+        # Scrape five times per tick so that no tick is missed; keep one reading
+        # of each tick (the energy counters move on every tick).
+        while process.process.poll() is None:
+            try:
+                scrape = series(get(f"{base}/metrics")[1])
+            except OSError:
+                ended = True  # the demo's time is up
+                break
+            power, energy = (
+                _by_gpu(scrape, "gpumeter_gpu_power_watts"),
+                _by_gpu(scrape, "gpumeter_gpu_energy_joules_total"),
+            )
+            if energy and (not ticks or energy != ticks[-1][1]):
+                ticks.append((power, energy))
+            time.sleep(0.2)
+    finally:
+        # A demo that ended by itself must exit 0 without being told to.
+        status = process.stop(signal_first=not ended)
+    assert status == 0, process.log()
+    # The first scheduled tick follows the start-up tick after a start-up delay;
+    # from then on ticks are one interval apart.
+    ticks = ticks[2:]
+    assert len(ticks) >= DURATION_S - 5
+    assert set(ticks[0][0]) == set(ticks[0][1]) == {"0", "1", "2"}
+    for gpu in ("0", "1", "2"):
+        measured_j = ticks[-1][1][gpu] - ticks[0][1][gpu]
+        # NVML's power is the average over the last second, so each tick's
+        # reading stands for the interval before it.
+        estimated_j = sum(power[gpu] * TICK_S for power, _ in ticks[1:])
+        assert measured_j > 0
+        assert estimated_j == pytest.approx(measured_j, rel=0.01), gpu
+
+
+def _by_gpu(scrape: Series, metric: str) -> dict[str, float]:
+    return {dict(k[1])["gpu"]: v for k, v in scrape.items() if k[0] == metric}
+
+
+def test_demo_table_names_every_gpu_and_process() -> None:
+    demo = Demo(Settings(listen="127.0.0.1:0"))
+    snapshot = demo.daemon.tick()
+    table = demo.table(snapshot)
+    assert table.count("NVIDIA H100 80GB HBM3") == len(DEMO_GPU_UUIDS)
+    pids = [p.pid for s in snapshot.gpus for p in s.processes]
+    assert pids
+    for pid in pids:
+        assert f" {pid} " in table
+    assert {s.device.uuid for s in snapshot.gpus} == set(DEMO_GPU_UUIDS)
