@@ -9,11 +9,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumeter import __version__
 from gpumeter.config import Settings, load_settings, parse_listen
-from gpumeter.errors import ConfigError
+from gpumeter.errors import ConfigError, ListenError
+
+if TYPE_CHECKING:
+    from gpumeter.daemon import Daemon
+    from gpumeter.demo import Demo
 
 __all__ = ["main"]
 
@@ -100,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from gpumeter.daemon import Daemon
 
-    return _serve(Daemon(settings), settings.listen, duration=None)
+    return _serve(Daemon(settings), duration=None)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -112,12 +116,10 @@ def _demo(args: argparse.Namespace) -> int:
     from gpumeter.demo import Demo
 
     demo = Demo(settings)
-    return _serve(demo.daemon, settings.listen, duration=args.duration, extra=demo)
+    return _serve(demo.daemon, duration=args.duration, extra=demo)
 
 
-def _serve(
-    daemon: Any, listen: str, *, duration: float | None, extra: Any = None
-) -> int:
+def _serve(daemon: Daemon, *, duration: float | None, extra: Demo | None = None) -> int:
     """Runs a daemon until a signal or the duration ends; 1 if it cannot start."""
 
     async def body() -> None:
@@ -134,8 +136,8 @@ def _serve(
 
     try:
         asyncio.run(body())
-    except OSError as exc:
-        print(f"gpumeter: cannot listen on {listen}: {exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"gpumeter: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings, parse_listen
+from gpumeter.errors import ListenError
 from gpumeter.export import MetricsServer, SnapshotCollector
 from gpumeter.gpus import NvmlSource
 from gpumeter.processes import ProcessInfo, ProcessResolver
@@ -123,11 +124,16 @@ class Daemon:
         """Serves and samples until ``stop`` is set, then shuts down cleanly.
 
         Raises:
-            OSError: the listen address cannot be bound.
+            ListenError: the listen address cannot be bound.
         """
         host, port = parse_listen(self.settings.listen)
         loop = asyncio.get_running_loop()
-        await self.server.start(host, port)
+        try:
+            await self.server.start(host, port)
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {self.settings.listen}: {exc}"
+            ) from exc
         scheduler = AsyncIOScheduler(event_loop=loop)
         try:
             # The first tick runs before the scheduler starts, so /metrics has data

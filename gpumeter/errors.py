@@ -4,6 +4,7 @@ The tree::
 
     GpumeterError
     ├── ConfigError              bad configuration; the message names the field
+    ├── ListenError              the metrics address cannot be bound
     └── SourceError              a data source failed; the daemon carries on
         └── NvmlError            an NVML call failed (``call`` and ``code`` kept)
             ├── NvmlUnavailable  no library, no driver, or init failed
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "GpuLost",
     "GpumeterError",
+    "ListenError",
     "NvmlError",
     "NvmlNotSupported",
     "NvmlUnavailable",
@@ -41,6 +43,10 @@ class ConfigError(GpumeterError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class ListenError(GpumeterError):
+    """The metrics endpoint cannot listen on its address (in use, no permission)."""
 
 
 class SourceError(GpumeterError):

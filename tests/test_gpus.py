@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -11,7 +12,8 @@ import pynvml
 import pytest
 
 from gpumeter.clock import SystemClock
-from gpumeter.gpus import GpuSample, NvmlSource
+from gpumeter.errors import NvmlUnavailable
+from gpumeter.gpus import GpuSample, NvmlSource, load_pynvml
 from gpumeter.sim import (
     Scenario,
     ScenarioGpu,
@@ -291,3 +293,24 @@ def test_a_driver_reload_shows_as_a_counter_reset(
     (after,) = source.sample()
     assert before.energy_joules == pytest.approx(9000.123)
     assert after.energy_joules == pytest.approx(0.005)
+
+
+def test_the_deprecated_pynvml_package_is_named_with_its_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    versions = {"nvidia-ml-py": "13.615.71", "pynvml": "11.5.0"}
+
+    def version(name: str) -> str:
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert load_pynvml() is pynvml
+    (record,) = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert "11.5.0" in record.getMessage()
+    assert "pip uninstall -y pynvml" in record.getMessage()
+
+    del versions["nvidia-ml-py"]
+    with pytest.raises(NvmlUnavailable, match="nvidia-ml-py is not installed"):
+        load_pynvml()
