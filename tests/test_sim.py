@@ -1,10 +1,13 @@
-"""The simulated node and NVML, driven by a clock the tests control."""
+"""The simulated node and NVML, driven by a clock the tests control.
+
+Only what is particular to the simulation lives here: the physical model, exact
+energy and sample times, ground truth, run-time faults and the demo. What the fake
+C driver must do alike is in ``test_nvml_behaviour.py``.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pynvml
@@ -14,7 +17,6 @@ from gpumeter.sim import (
     DemoWorkload,
     Scenario,
     ScenarioGpu,
-    ScenarioMigInstance,
     ScenarioProcess,
     SimGpu,
     SimMigInstance,
@@ -23,13 +25,11 @@ from gpumeter.sim import (
     SimulatedNvml,
     build_demo_node,
 )
-from gpumeter.sim.nvml import GROWTH_FIRST_PID
 
 UUID0 = "GPU-11111111-2222-3333-4444-555555555555"
 UUID1 = "GPU-66666666-7777-8888-9999-000000000000"
 MIG_UUID0 = "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 MIG_UUID1 = "MIG-ffffffff-0000-1111-2222-333333333333"
-NO_ID = 0xFFFFFFFF
 WALL_START = 1_700_000_000.0
 
 
@@ -240,138 +240,23 @@ def test_process_bookkeeping_errors(clock: FakeClock) -> None:
         SimNode(clock).add_gpu(UUID1, idle_power_w=100.0, max_power_w=50.0)
 
 
-# --- Library lifecycle and errors ----------------------------------------------
+# --- Library lifecycle and faults ----------------------------------------------
 
 
-def test_init_is_reference_counted(clock: FakeClock) -> None:
-    nvml = SimulatedNvml.from_scenario(Scenario(gpus=(gpu(),)), clock)
-    with pytest.raises(pynvml.NVMLError_Uninitialized):
-        nvml.nvmlDeviceGetCount()
-    nvml.nvmlInit()
-    nvml.nvmlInitWithFlags(pynvml.NVML_INIT_FLAG_NO_ATTACH)
-    nvml.nvmlShutdown()
-    assert nvml.nvmlDeviceGetCount() == 1
-    nvml.nvmlShutdown()
-    with pytest.raises(pynvml.NVMLError_Uninitialized):
-        nvml.nvmlDeviceGetCount()
-    with pytest.raises(pynvml.NVMLError_Uninitialized):
-        nvml.nvmlShutdown()
-
-
-def test_init_error_fails_the_first_init(clock: FakeClock) -> None:
-    nvml = SimulatedNvml.from_scenario(Scenario(gpus=(gpu(),), init_error=9), clock)
-    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
-        nvml.nvmlInit()
-    with pytest.raises(pynvml.NVMLError_Uninitialized):
-        nvml.nvmlDeviceGetCount()
-    nvml.node.load(Scenario(gpus=(gpu(),)))
-    nvml.nvmlInit()
-    assert nvml.nvmlDeviceGetCount() == 1
-
-
-def test_errors_are_pynvml_classes(clock: FakeClock) -> None:
-    nvml = started(
-        clock,
-        gpu(
-            UUID0,
-            errors={
-                "nvmlDeviceGetPowerUsage": 3,
-                "nvmlDeviceGetComputeRunningProcesses_v3": 4,
-            },
-        ),
-        gpu(UUID1),
-    )
+def test_faults_can_be_set_and_cleared_at_run_time(clock: FakeClock) -> None:
+    nvml = started(clock, gpu(UUID0, errors={"nvmlDeviceGetPowerUsage": 3}), gpu(UUID1))
     h0 = nvml.nvmlDeviceGetHandleByIndex(0)
     h1 = nvml.nvmlDeviceGetHandleByIndex(1)
-    with pytest.raises(pynvml.NVMLError_NotSupported) as caught:
-        nvml.nvmlDeviceGetPowerUsage(h0)
-    assert caught.value.value == pynvml.NVML_ERROR_NOT_SUPPORTED
-    assert isinstance(caught.value, nvml.NVMLError)
-    with pytest.raises(pynvml.NVMLError_NoPermission):
-        nvml.nvmlDeviceGetComputeRunningProcesses(h0)
-    assert nvml.nvmlDeviceGetComputeRunningProcesses_v2(h0) == []
-    assert nvml.nvmlDeviceGetTemperature(h0, pynvml.NVML_TEMPERATURE_GPU) == 35
-    assert nvml.nvmlDeviceGetPowerUsage(h1) == 70_000
     nvml.node.gpus[0].clear_error("nvmlDeviceGetPowerUsage")
     assert nvml.nvmlDeviceGetPowerUsage(h0) == 70_000
     nvml.node.gpus[1].set_error("nvmlDeviceGetName", 999)
     with pytest.raises(pynvml.NVMLError_Unknown):
         nvml.nvmlDeviceGetName(h1)
-
-
-def test_missing_functions_behave_as_absent_symbols(clock: FakeClock) -> None:
-    nvml = started(
-        clock,
-        gpu(processes=(ScenarioProcess(pid=10, memory_bytes=1),)),
-        missing_functions=frozenset(
-            {"nvmlDeviceGetPowerUsage", "nvmlDeviceGetComputeRunningProcesses_v3"}
-        ),
-    )
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
-        nvml.nvmlDeviceGetPowerUsage(h)
-    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
-        nvml.nvmlDeviceGetComputeRunningProcesses_v3(h)
-    with pytest.raises(pynvml.NVMLLibraryMismatchError) as caught:
-        nvml.nvmlDeviceGetComputeRunningProcesses(h)
-    assert not isinstance(caught.value, pynvml.NVMLError)
-    assert [p.pid for p in nvml.nvmlDeviceGetComputeRunningProcesses_v2(h)] == [10]
-
-
-def test_missing_init_fails_init(clock: FakeClock) -> None:
-    scenario = Scenario(
-        gpus=(gpu(),), missing_functions=frozenset({"nvmlInitWithFlags"})
-    )
-    nvml = SimulatedNvml.from_scenario(scenario, clock)
-    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
-        nvml.nvmlInit()
-
-
-def test_a_lost_gpu_fails_every_call_until_it_returns(clock: FakeClock) -> None:
-    nvml = started(clock, gpu(UUID0), gpu(UUID1))
-    h0 = nvml.nvmlDeviceGetHandleByIndex(0)
     nvml.node.gpus[0].set_lost(True)
-    calls: list[Callable[[], object]] = [
-        lambda: nvml.nvmlDeviceGetPowerUsage(h0),
-        lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(h0),
-        lambda: nvml.nvmlDeviceGetName(h0),
-        lambda: nvml.nvmlDeviceGetUUID(h0),
-        lambda: nvml.nvmlDeviceGetMemoryInfo(h0),
-        lambda: nvml.nvmlDeviceGetComputeRunningProcesses(h0),
-        lambda: nvml.nvmlDeviceGetProcessUtilization(h0, 0),
-        lambda: nvml.nvmlDeviceGetMigMode(h0),
-        lambda: nvml.nvmlDeviceGetHandleByIndex(0),
-    ]
-    for call in calls:
-        with pytest.raises(pynvml.NVMLError_GpuIsLost):
-            call()
-    assert nvml.nvmlDeviceGetCount() == 2
-    assert nvml.nvmlDeviceGetPowerUsage(nvml.nvmlDeviceGetHandleByIndex(1)) == 70_000
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        nvml.nvmlDeviceGetName(h0)
     nvml.node.gpus[0].set_lost(False)
     assert nvml.nvmlDeviceGetName(h0) == "NVIDIA H100 80GB HBM3"
-
-
-def test_bad_indexes_sensors_and_handles(clock: FakeClock) -> None:
-    nvml = started(clock, gpu())
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    for bad in (1, -1):
-        with pytest.raises(pynvml.NVMLError_InvalidArgument):
-            nvml.nvmlDeviceGetHandleByIndex(bad)
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        nvml.nvmlDeviceGetPowerUsage(object())
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        nvml.nvmlDeviceGetTemperature(h, 1)
-    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
-        nvml.nvmlDeviceGetMemoryInfo(h, version=0x01000028)
-
-
-def test_handles_are_distinct_and_unhashable(clock: FakeClock) -> None:
-    nvml = started(clock, gpu())
-    a = nvml.nvmlDeviceGetHandleByIndex(0)
-    b = nvml.nvmlDeviceGetHandleByIndex(0)
-    assert a != b
-    with pytest.raises(TypeError):
-        hash(a)
 
 
 def test_constants_and_classes_come_from_pynvml(clock: FakeClock) -> None:
@@ -387,49 +272,6 @@ def test_constants_and_classes_come_from_pynvml(clock: FakeClock) -> None:
 
 
 # --- Readings from a scenario ----------------------------------------------------
-
-
-def test_scenario_values_are_returned_exactly(clock: FakeClock) -> None:
-    nvml = started(
-        clock,
-        gpu(
-            name="NVIDIA A100-SXM4-80GB",
-            power_mw=312_345,
-            energy_mj=42,
-            integrate_energy=False,
-            gpu_util_percent=77,
-            memory_util_percent=33,
-            memory_total_bytes=80 << 30,
-            memory_used_bytes=20 << 30,
-            temperature_c=61,
-            power_limit_mw=400_000,
-        ),
-        driver_version="535.183.01",
-    )
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    assert nvml.nvmlSystemGetDriverVersion() == "535.183.01"
-    assert nvml.nvmlDeviceGetIndex(h) == 0
-    assert nvml.nvmlDeviceGetName(h) == "NVIDIA A100-SXM4-80GB"
-    assert nvml.nvmlDeviceGetUUID(h) == UUID0
-    clock.advance(3.7)
-    assert nvml.nvmlDeviceGetPowerUsage(h) == 312_345
-    assert nvml.nvmlDeviceGetTotalEnergyConsumption(h) == 42
-    assert nvml.nvmlDeviceGetEnforcedPowerLimit(h) == 400_000
-    assert nvml.nvmlDeviceGetPowerManagementLimit(h) == 400_000
-    util = nvml.nvmlDeviceGetUtilizationRates(h)
-    assert (util.gpu, util.memory) == (77, 33)
-    assert nvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) == 61
-    mem = nvml.nvmlDeviceGetMemoryInfo(h)
-    assert isinstance(mem, pynvml.c_nvmlMemory_t)
-    assert (mem.total, mem.used, mem.free) == (80 << 30, 20 << 30, 60 << 30)
-    mem2 = nvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
-    assert (mem2.version, mem2.total, mem2.reserved, mem2.used, mem2.free) == (
-        pynvml.nvmlMemory_v2,
-        80 << 30,
-        0,
-        20 << 30,
-        60 << 30,
-    )
 
 
 def test_model_memory_v2_reports_reserved_apart(clock: FakeClock) -> None:
@@ -456,6 +298,10 @@ def test_scenario_energy_integrates_its_power(clock: FakeClock) -> None:
     clock.advance(0.25)
     assert nvml.nvmlDeviceGetTotalEnergyConsumption(h) == 5_000 + 78_000
     assert nvml.node.gpus[0].truth.total_joules == pytest.approx(78.0)
+    # A scenario's power is held, not averaged, past the 1-s window too.
+    clock.advance(3.75)
+    assert nvml.nvmlDeviceGetPowerUsage(h) == 312_000
+    assert nvml.nvmlDeviceGetTotalEnergyConsumption(h) == 5_000 + 1_248_000
 
 
 def test_reload_carries_the_counter_on_or_resets_it(clock: FakeClock) -> None:
@@ -488,55 +334,6 @@ def test_reload_carries_the_counter_on_or_resets_it(clock: FakeClock) -> None:
     assert nvml.nvmlDeviceGetCount() == 2
 
 
-# --- Running processes -----------------------------------------------------------
-
-
-def test_process_list_entries(clock: FakeClock) -> None:
-    procs = (
-        ScenarioProcess(pid=10, memory_bytes=1 << 30, sm_percent=50),
-        ScenarioProcess(pid=11, memory_bytes=2 << 30),
-    )
-    nvml = started(clock, gpu(processes=procs), gpu(UUID1))
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    entries = nvml.nvmlDeviceGetComputeRunningProcesses(h)
-    assert all(isinstance(e, pynvml.nvmlFriendlyObject) for e in entries)
-    assert [
-        (e.pid, e.usedGpuMemory, e.gpuInstanceId, e.computeInstanceId) for e in entries
-    ] == [(10, 1 << 30, NO_ID, NO_ID), (11, 2 << 30, NO_ID, NO_ID)]
-    empty = nvml.nvmlDeviceGetHandleByIndex(1)
-    assert nvml.nvmlDeviceGetComputeRunningProcesses(empty) == []
-
-
-@pytest.mark.parametrize("growth", [1, 6])
-def test_processes_that_start_between_the_calls_fit_the_headroom(
-    clock: FakeClock, growth: int
-) -> None:
-    nvml = started(
-        clock,
-        gpu(processes=(ScenarioProcess(pid=10, memory_bytes=1),)),
-        process_growth=growth,
-    )
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    pids = [p.pid for p in nvml.nvmlDeviceGetComputeRunningProcesses(h)]
-    assert pids == [10, *(GROWTH_FIRST_PID + k for k in range(growth))]
-
-
-def test_growth_past_the_headroom_is_insufficient_size(clock: FakeClock) -> None:
-    nvml = started(
-        clock,
-        gpu(UUID0, processes=(ScenarioProcess(pid=10, memory_bytes=1),)),
-        gpu(UUID1),
-        process_growth=7,  # one process: pynvml makes room for 2 * 1 + 5
-    )
-    with pytest.raises(pynvml.NVMLError_InsufficientSize):
-        nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(0))
-    # With none at sizing time pynvml does not ask again.
-    assert (
-        nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(1))
-        == []
-    )
-
-
 # --- Per-process utilization -------------------------------------------------------
 
 
@@ -544,35 +341,11 @@ def busy_and_idle() -> tuple[ScenarioProcess, ...]:
     return (
         ScenarioProcess(pid=21, memory_bytes=1, sm_percent=40, memory_percent=10),
         ScenarioProcess(pid=22, memory_bytes=1, memory_percent=5),
-        ScenarioProcess(pid=23, memory_bytes=1),
+        ScenarioProcess(pid=23, memory_bytes=1),  # idle: produces no samples
     )
 
 
-def test_first_query_finds_the_load_time_samples(clock: FakeClock) -> None:
-    load_us = clock.now_us()
-    nvml = started(clock, gpu(processes=busy_and_idle()))
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    samples = nvml.nvmlDeviceGetProcessUtilization(h, 0)
-    assert all(isinstance(s, pynvml.c_nvmlProcessUtilizationSample_t) for s in samples)
-    # Idle processes produce no samples.
-    assert [
-        (s.pid, s.timeStamp, s.smUtil, s.memUtil, s.encUtil, s.decUtil) for s in samples
-    ] == [(21, load_us, 40, 10, 0, 0), (22, load_us, 0, 5, 0, 0)]
-    with pytest.raises(pynvml.NVMLError_NotFound):
-        nvml.nvmlDeviceGetProcessUtilization(h, load_us)
-
-
-def test_no_busy_process_is_not_found(clock: FakeClock) -> None:
-    nvml = started(clock, gpu(processes=(ScenarioProcess(pid=1, memory_bytes=1),)))
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    clock.advance(5.0)
-    with pytest.raises(pynvml.NVMLError_NotFound):
-        nvml.nvmlDeviceGetProcessUtilization(h, 0)
-
-
-def test_samples_arrive_each_period_and_the_ring_drops_the_oldest(
-    clock: FakeClock,
-) -> None:
+def test_samples_are_stamped_on_exact_period_ticks(clock: FakeClock) -> None:
     load_us = clock.now_us()
     nvml = started(
         clock,
@@ -624,184 +397,14 @@ def test_samples_follow_process_changes(clock: FakeClock) -> None:
     ]
 
 
-def test_a_zero_period_samples_only_at_load_time(clock: FakeClock) -> None:
-    nvml = started(clock, gpu(processes=busy_and_idle()), util_sample_period_ms=0)
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    clock.advance(10.0)
-    assert len(nvml.nvmlDeviceGetProcessUtilization(h, 0)) == 2
-
-
 def test_a_scenario_with_a_uuid_twice_is_refused(clock: FakeClock) -> None:
+    # On purpose, unlike the C fake: the simulation matches GPUs by UUID for its
+    # ground truth, so twins would share one history.
     with pytest.raises(ValueError, match="twice"):
         SimNode.from_scenario(Scenario(gpus=(gpu(UUID0), gpu(UUID0))), clock)
 
 
-def test_fixed_sizing_count_like_real_drivers(clock: FakeClock) -> None:
-    nvml = started(clock, gpu(processes=busy_and_idle()), util_sizing_count=100)
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    assert [s.pid for s in nvml.nvmlDeviceGetProcessUtilization(h, 0)] == [21, 22]
-
-
-def test_a_sizing_count_below_the_samples_fails_the_fill_call(
-    clock: FakeClock,
-) -> None:
-    nvml = started(clock, gpu(processes=busy_and_idle()), util_sizing_count=1)
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    with pytest.raises(pynvml.NVMLError_InsufficientSize):
-        nvml.nvmlDeviceGetProcessUtilization(h, 0)
-
-
-def test_process_utilization_follows_reloads(clock: FakeClock) -> None:
-    nvml = started(clock, gpu(processes=busy_and_idle()), util_sample_period_ms=60_000)
-    h = nvml.nvmlDeviceGetHandleByIndex(0)
-    last_seen = max(s.timeStamp for s in nvml.nvmlDeviceGetProcessUtilization(h, 0))
-    clock.advance(1.0)
-    busy = ScenarioProcess(pid=99, memory_bytes=1, sm_percent=100)
-    nvml.node.load(
-        Scenario(gpus=(gpu(processes=(busy,)),), util_sample_period_ms=60_000)
-    )
-    newer = nvml.nvmlDeviceGetProcessUtilization(h, last_seen)
-    assert [(s.pid, s.smUtil) for s in newer] == [(99, 100)]
-    # The ring buffer of a GPU that stays keeps its history.
-    assert [s.pid for s in nvml.nvmlDeviceGetProcessUtilization(h, 0)] == [21, 22, 99]
-
-
 # --- MIG ---------------------------------------------------------------------------
-
-
-def mig_gpu(**kwargs: Any) -> ScenarioGpu:
-    return gpu(
-        UUID0,
-        mig_instances=(
-            ScenarioMigInstance(
-                gpu_instance_id=1,
-                compute_instance_id=0,
-                uuid=MIG_UUID0,
-                name="NVIDIA H100 80GB HBM3 MIG 3g.40gb",
-                memory_total_bytes=40 << 30,
-                memory_used_bytes=10 << 30,
-                processes=(ScenarioProcess(pid=501, memory_bytes=3 << 30),),
-            ),
-            ScenarioMigInstance(
-                gpu_instance_id=2,
-                compute_instance_id=1,
-                uuid=MIG_UUID1,
-                name="NVIDIA H100 80GB HBM3 MIG 1g.10gb",
-                memory_total_bytes=10 << 30,
-                memory_used_bytes=0,
-                processes=(
-                    ScenarioProcess(pid=601, memory_bytes=1 << 20, sm_percent=20),
-                    ScenarioProcess(pid=602, memory_bytes=2 << 20),
-                ),
-            ),
-        ),
-        **kwargs,
-    )
-
-
-def test_mig_mode_and_device_enumeration(clock: FakeClock) -> None:
-    nvml = started(clock, mig_gpu(), gpu(UUID1))
-    parent = nvml.nvmlDeviceGetHandleByIndex(0)
-    plain = nvml.nvmlDeviceGetHandleByIndex(1)
-    assert nvml.nvmlDeviceGetMigMode(parent) == [1, 1]
-    assert nvml.nvmlDeviceGetMigMode(plain) == [0, 0]
-    assert nvml.nvmlDeviceGetMaxMigDeviceCount(parent) == 7
-    assert nvml.nvmlDeviceGetMaxMigDeviceCount(plain) == 0
-    migs = [nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, i) for i in (0, 1)]
-    for empty_slot in range(2, 7):
-        with pytest.raises(pynvml.NVMLError_NotFound):
-            nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, empty_slot)
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 7)
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        nvml.nvmlDeviceGetMigDeviceHandleByIndex(plain, 0)
-    is_mig = nvml.nvmlDeviceIsMigDeviceHandle(migs[0])
-    assert isinstance(is_mig, ctypes.c_uint)
-    assert is_mig.value == 1
-    assert nvml.nvmlDeviceIsMigDeviceHandle(parent).value == 0
-    back = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(migs[1])
-    assert nvml.nvmlDeviceGetUUID(back) == UUID0
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(parent)
-    assert [nvml.nvmlDeviceGetGpuInstanceId(m) for m in migs] == [1, 2]
-    assert [nvml.nvmlDeviceGetComputeInstanceId(m) for m in migs] == [0, 1]
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        nvml.nvmlDeviceGetGpuInstanceId(parent)
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        nvml.nvmlDeviceGetComputeInstanceId(plain)
-
-
-def test_mig_handles_answer_identity_memory_and_processes(clock: FakeClock) -> None:
-    nvml = started(clock, mig_gpu())
-    parent = nvml.nvmlDeviceGetHandleByIndex(0)
-    mig0 = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
-    mig1 = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 1)
-    assert nvml.nvmlDeviceGetUUID(mig0) == MIG_UUID0
-    assert nvml.nvmlDeviceGetName(mig1) == "NVIDIA H100 80GB HBM3 MIG 1g.10gb"
-    mem = nvml.nvmlDeviceGetMemoryInfo(mig0)
-    assert (mem.total, mem.used, mem.free) == (40 << 30, 10 << 30, 30 << 30)
-    mem2 = nvml.nvmlDeviceGetMemoryInfo(mig1, version=pynvml.nvmlMemory_v2)
-    assert (mem2.total, mem2.used) == (10 << 30, 0)
-
-    def rows(handle: Any) -> list[tuple[int, int, int, int]]:
-        return [
-            (p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId)
-            for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        ]
-
-    assert rows(mig1) == [(601, 1 << 20, 2, 1), (602, 2 << 20, 2, 1)]
-    assert rows(parent) == [
-        (501, 3 << 30, 1, 0),
-        (601, 1 << 20, 2, 1),
-        (602, 2 << 20, 2, 1),
-    ]
-
-
-def test_board_level_readings_are_not_supported_on_mig_handles(
-    clock: FakeClock,
-) -> None:
-    nvml = started(clock, mig_gpu())
-    parent = nvml.nvmlDeviceGetHandleByIndex(0)
-    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
-    calls: list[Callable[[], object]] = [
-        lambda: nvml.nvmlDeviceGetPowerUsage(mig),
-        lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(mig),
-        lambda: nvml.nvmlDeviceGetUtilizationRates(mig),
-        lambda: nvml.nvmlDeviceGetTemperature(mig, 0),
-        lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(mig),
-        lambda: nvml.nvmlDeviceGetIndex(mig),
-        lambda: nvml.nvmlDeviceGetMigMode(mig),
-        lambda: nvml.nvmlDeviceGetProcessUtilization(mig, 0),
-        # Per-process utilization is not supported in MIG mode at all.
-        lambda: nvml.nvmlDeviceGetProcessUtilization(parent, 0),
-    ]
-    for call in calls:
-        with pytest.raises(pynvml.NVMLError_NotSupported):
-            call()
-    assert nvml.nvmlDeviceGetPowerUsage(parent) == 70_000
-    assert nvml.nvmlDeviceGetUtilizationRates(parent).gpu == 0
-
-
-def test_a_lost_mig_parent_loses_its_instances(clock: FakeClock) -> None:
-    nvml = started(clock, mig_gpu())
-    parent = nvml.nvmlDeviceGetHandleByIndex(0)
-    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 1)
-    nvml.node.gpus[0].set_lost(True)
-    with pytest.raises(pynvml.NVMLError_GpuIsLost):
-        nvml.nvmlDeviceGetUUID(mig)
-
-
-def test_process_growth_on_a_mig_handle_keeps_the_instance_ids(
-    clock: FakeClock,
-) -> None:
-    nvml = started(clock, mig_gpu(), process_growth=1)
-    parent = nvml.nvmlDeviceGetHandleByIndex(0)
-    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
-    procs = nvml.nvmlDeviceGetComputeRunningProcesses(mig)
-    assert [(p.pid, p.gpuInstanceId) for p in procs] == [
-        (501, 1),
-        (GROWTH_FIRST_PID, 1),
-    ]
 
 
 def test_mig_ground_truth_splits_across_instances(clock: FakeClock) -> None:
