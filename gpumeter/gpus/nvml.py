@@ -6,9 +6,8 @@ import importlib
 import importlib.metadata
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.errors import GpuLost, NvmlError, NvmlNotSupported, NvmlUnavailable
@@ -17,8 +16,6 @@ from gpumeter.gpus.records import GpuCapabilities, GpuDevice, GpuSample, Process
 __all__ = ["NvmlSource", "load_pynvml"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # NVML return codes by the short names used in the ``error`` label.
 _ERROR_NAMES = {
@@ -56,6 +53,34 @@ _NVML_TEMPERATURE_GPU = 0
 _MIG_ENABLED = 1
 _NO_MIG_ID = 0xFFFFFFFF
 
+
+@dataclass(frozen=True)
+class _Reading:
+    """A scalar reading: the capability that enables it, and its conversion."""
+
+    field: str
+    capability: str
+    call: str
+    scale: float
+    args: tuple[int, ...] = ()
+
+
+_READINGS = (
+    _Reading("power_watts", "power", "nvmlDeviceGetPowerUsage", 1e-3),
+    _Reading(
+        "energy_joules", "energy_counter", "nvmlDeviceGetTotalEnergyConsumption", 1e-3
+    ),
+    _Reading(
+        "power_limit_watts", "power_limit", "nvmlDeviceGetEnforcedPowerLimit", 1e-3
+    ),
+    _Reading(
+        "temperature_celsius",
+        "temperature",
+        "nvmlDeviceGetTemperature",
+        1.0,
+        (_NVML_TEMPERATURE_GPU,),
+    ),
+)
 _PROCESS_LIST_V2 = "nvmlDeviceGetComputeRunningProcesses_v2"
 _DEPRECATED_FIX = (
     "pip uninstall -y pynvml && pip install --force-reinstall nvidia-ml-py"
@@ -105,7 +130,7 @@ class _Device:
     identity: GpuDevice
     capabilities: GpuCapabilities
     last_util_timestamp_us: int = 0
-    mig_names: dict[str, GpuDevice] = field(default_factory=dict)
+    mig_instances: dict[str, GpuDevice] = field(default_factory=dict)
     down_reason: str | None = None
 
 
@@ -221,15 +246,11 @@ class NvmlSource:
         self._retry_delay_s = min(self._retry_delay_s * 2, self._retry_max_s)
 
     def _start(self) -> None:
-        lib = self._lib
-        self._call("", "nvmlInit", lib.nvmlInit)
+        self._call("", "nvmlInit")
         self._initialized = True
         try:
-            version = self._call(
-                "", "nvmlSystemGetDriverVersion", lib.nvmlSystemGetDriverVersion
-            )
-            self.driver_version = _text(version)
-            count = self._call("", "nvmlDeviceGetCount", lib.nvmlDeviceGetCount)
+            self.driver_version = _text(self._call("", "nvmlSystemGetDriverVersion"))
+            count = self._call("", "nvmlDeviceGetCount")
             self._devices = [self._probe(index) for index in range(count)]
         except NvmlError:
             self.close()
@@ -243,158 +264,70 @@ class NvmlSource:
 
     def _probe(self, index: int) -> _Device:
         label = str(index)
-        lib = self._lib
-        handle = self._call(
-            label, "nvmlDeviceGetHandleByIndex", lib.nvmlDeviceGetHandleByIndex, index
-        )
-        uuid = _text(
-            self._call(label, "nvmlDeviceGetUUID", lib.nvmlDeviceGetUUID, handle)
-        )
-        name = _text(
-            self._call(label, "nvmlDeviceGetName", lib.nvmlDeviceGetName, handle)
-        )
-        identity = GpuDevice(label=label, uuid=uuid, name=name, index=index)
+        handle = self._call(label, "nvmlDeviceGetHandleByIndex", index)
+        uuid = _text(self._call(label, "nvmlDeviceGetUUID", handle))
+        name = _text(self._call(label, "nvmlDeviceGetName", handle))
 
-        def supported(call: str, fn: Callable[..., Any], *args: Any) -> bool:
+        def supported(call: str, *args: Any) -> bool:
             try:
-                self._call(label, call, fn, *args, count=False)
+                self._call(label, call, handle, *args, count=False)
             except NvmlNotSupported:
                 return False
             except NvmlError as exc:
-                # Nothing new yet is an answer too: the call exists.
+                # "Nothing new yet" is an answer too: the call exists.
                 return _code_of(exc) == _NOT_FOUND
             return True
 
-        mig = False
         try:
-            mode = self._call(
-                label,
-                "nvmlDeviceGetMigMode",
-                lib.nvmlDeviceGetMigMode,
-                handle,
-                count=False,
-            )
+            mode = self._call(label, "nvmlDeviceGetMigMode", handle, count=False)
             mig = int(mode[0]) == _MIG_ENABLED
         except NvmlError:
             mig = False
+        found = {
+            reading.capability: supported(reading.call, *reading.args)
+            for reading in _READINGS
+        }
         caps = GpuCapabilities(
-            power=supported(
-                "nvmlDeviceGetPowerUsage", lib.nvmlDeviceGetPowerUsage, handle
-            ),
-            energy_counter=supported(
-                "nvmlDeviceGetTotalEnergyConsumption",
-                lib.nvmlDeviceGetTotalEnergyConsumption,
-                handle,
-            ),
-            utilization=supported(
-                "nvmlDeviceGetUtilizationRates",
-                lib.nvmlDeviceGetUtilizationRates,
-                handle,
-            ),
+            **found,
+            utilization=supported("nvmlDeviceGetUtilizationRates"),
             process_utilization=not mig
-            and supported(
-                "nvmlDeviceGetProcessUtilization",
-                lib.nvmlDeviceGetProcessUtilization,
-                handle,
-                0,
-            ),
-            power_limit=supported(
-                "nvmlDeviceGetEnforcedPowerLimit",
-                lib.nvmlDeviceGetEnforcedPowerLimit,
-                handle,
-            ),
-            temperature=supported(
-                "nvmlDeviceGetTemperature",
-                lib.nvmlDeviceGetTemperature,
-                handle,
-                _NVML_TEMPERATURE_GPU,
-            ),
+            and supported("nvmlDeviceGetProcessUtilization", 0),
             mig_enabled=mig,
         )
         missing = [
-            name for name, ok in _fields(caps) if not ok and name != "mig_enabled"
+            field for field, ok in _fields(caps) if not ok and field != "mig_enabled"
         ]
         if missing:
             logger.info(
                 "GPU %s (%s) does not report: %s", label, name, ", ".join(missing)
             )
-        device = _Device(index=index, identity=identity, capabilities=caps)
-        return device
+        identity = GpuDevice(label=label, uuid=uuid, name=name, index=index)
+        return _Device(index=index, identity=identity, capabilities=caps)
 
     # Sampling
 
     def _sample_device(self, device: _Device) -> list[GpuSample]:
-        lib = self._lib
         label = device.identity.label
         caps = device.capabilities
         mono, wall = self._clock.monotonic(), self._clock.time()
+        values: dict[str, Any] = {}
+        instances: list[GpuSample] = []
+        processes: tuple[ProcessSample, ...] = ()
         try:
-            handle = self._call(
-                label,
-                "nvmlDeviceGetHandleByIndex",
-                lib.nvmlDeviceGetHandleByIndex,
-                device.index,
-            )
-            values: dict[str, Any] = {}
-            if caps.power:
-                values["power_watts"] = self._optional(
-                    label,
-                    "nvmlDeviceGetPowerUsage",
-                    lib.nvmlDeviceGetPowerUsage,
-                    handle,
-                    scale=1e-3,
-                )
-            if caps.energy_counter:
-                values["energy_joules"] = self._optional(
-                    label,
-                    "nvmlDeviceGetTotalEnergyConsumption",
-                    lib.nvmlDeviceGetTotalEnergyConsumption,
-                    handle,
-                    scale=1e-3,
-                )
+            handle = self._call(label, "nvmlDeviceGetHandleByIndex", device.index)
+            for reading in _READINGS:
+                if getattr(caps, reading.capability):
+                    raw = self._optional(label, reading.call, handle, *reading.args)
+                    values[reading.field] = None if raw is None else raw * reading.scale
             if caps.utilization:
-                rates = self._optional(
-                    label,
-                    "nvmlDeviceGetUtilizationRates",
-                    lib.nvmlDeviceGetUtilizationRates,
-                    handle,
-                )
-                values["utilization_ratio"] = (
-                    None if rates is None else rates.gpu / 100.0
-                )
-            memory = self._optional(
-                label, "nvmlDeviceGetMemoryInfo", lib.nvmlDeviceGetMemoryInfo, handle
-            )
-            if memory is not None:
-                values["memory_used_bytes"] = int(memory.used)
-                values["memory_total_bytes"] = int(memory.total)
-            if caps.temperature:
-                values["temperature_celsius"] = self._optional(
-                    label,
-                    "nvmlDeviceGetTemperature",
-                    lib.nvmlDeviceGetTemperature,
-                    handle,
-                    _NVML_TEMPERATURE_GPU,
-                    scale=1.0,
-                )
-            if caps.power_limit:
-                values["power_limit_watts"] = self._optional(
-                    label,
-                    "nvmlDeviceGetEnforcedPowerLimit",
-                    lib.nvmlDeviceGetEnforcedPowerLimit,
-                    handle,
-                    scale=1e-3,
-                )
+                rates = self._optional(label, "nvmlDeviceGetUtilizationRates", handle)
+                values["utilization_ratio"] = None if rates is None else rates.gpu / 100
+            values.update(self._memory(label, handle))
             if caps.mig_enabled:
                 instances = self._sample_mig(device, handle, mono, wall)
-                processes: tuple[ProcessSample, ...] = ()
             else:
-                instances = []
                 processes = self._processes(
-                    device.identity,
-                    handle,
-                    device,
-                    per_process_util=caps.process_utilization,
+                    label, handle, device if caps.process_utilization else None
                 )
         except GpuLost as exc:
             return [self._down(device, exc, mono, wall)]
@@ -413,6 +346,15 @@ class NvmlSource:
         )
         return [sample, *instances]
 
+    def _memory(self, label: str, handle: Any) -> dict[str, int]:
+        memory = self._optional(label, "nvmlDeviceGetMemoryInfo", handle)
+        if memory is None:
+            return {}
+        return {
+            "memory_used_bytes": int(memory.used),
+            "memory_total_bytes": int(memory.total),
+        }
+
     def _down(
         self,
         device: _Device,
@@ -423,11 +365,9 @@ class NvmlSource:
     ) -> GpuSample:
         reason = reason or exc.code
         if device.down_reason != reason:
+            identity = device.identity
             logger.warning(
-                "GPU %s (%s) is down: %s",
-                device.identity.label,
-                device.identity.uuid,
-                exc,
+                "GPU %s (%s) is down: %s", identity.label, identity.uuid, exc
             )
         device.down_reason = reason
         return GpuSample(
@@ -437,75 +377,48 @@ class NvmlSource:
     def _sample_mig(
         self, device: _Device, handle: Any, mono: float, wall: float
     ) -> list[GpuSample]:
-        lib = self._lib
         label = device.identity.label
-        count = self._optional(
-            label,
-            "nvmlDeviceGetMaxMigDeviceCount",
-            lib.nvmlDeviceGetMaxMigDeviceCount,
-            handle,
-        )
+        count = self._optional(label, "nvmlDeviceGetMaxMigDeviceCount", handle)
         samples: list[GpuSample] = []
         for slot in range(count or 0):
             try:
                 mig = self._call(
                     label,
                     "nvmlDeviceGetMigDeviceHandleByIndex",
-                    lib.nvmlDeviceGetMigDeviceHandleByIndex,
                     handle,
                     slot,
                     count=False,
                 )
             except NvmlError as exc:
-                if _code_of(exc) != _NOT_FOUND:
+                if _code_of(exc) != _NOT_FOUND:  # an empty slot is no failure
                     self._count(label, exc)
                 continue
             identity = self._mig_identity(device, mig)
             if identity is None:
                 continue
-            memory = self._optional(
-                identity.label,
-                "nvmlDeviceGetMemoryInfo",
-                lib.nvmlDeviceGetMemoryInfo,
-                mig,
-            )
-            processes = self._processes(identity, mig, device, per_process_util=False)
             samples.append(
                 GpuSample(
                     device=identity,
                     monotonic_s=mono,
                     wall_time_s=wall,
                     up=True,
-                    memory_used_bytes=None if memory is None else int(memory.used),
-                    memory_total_bytes=None if memory is None else int(memory.total),
-                    processes=processes,
+                    processes=self._processes(identity.label, mig, None),
+                    **self._memory(identity.label, mig),
                 )
             )
         return samples
 
     def _mig_identity(self, device: _Device, mig: Any) -> GpuDevice | None:
-        lib = self._lib
         label = device.identity.label
-        uuid = _text(
-            self._optional(label, "nvmlDeviceGetUUID", lib.nvmlDeviceGetUUID, mig) or ""
-        )
+        uuid = _text(self._optional(label, "nvmlDeviceGetUUID", mig) or "")
         if not uuid:
             return None
-        known = device.mig_names.get(uuid)
+        known = device.mig_instances.get(uuid)
         if known is not None:
             return known
-        gi = self._optional(
-            label, "nvmlDeviceGetGpuInstanceId", lib.nvmlDeviceGetGpuInstanceId, mig
-        )
-        ci = self._optional(
-            label,
-            "nvmlDeviceGetComputeInstanceId",
-            lib.nvmlDeviceGetComputeInstanceId,
-            mig,
-        )
-        name = _text(
-            self._optional(label, "nvmlDeviceGetName", lib.nvmlDeviceGetName, mig) or ""
-        )
+        gi = self._optional(label, "nvmlDeviceGetGpuInstanceId", mig)
+        ci = self._optional(label, "nvmlDeviceGetComputeInstanceId", mig)
+        name = _text(self._optional(label, "nvmlDeviceGetName", mig) or "")
         identity = GpuDevice(
             label=f"{label}/gi{gi}/ci{ci}",
             uuid=uuid,
@@ -515,52 +428,50 @@ class NvmlSource:
             gpu_instance_id=None if gi is None else int(gi),
             compute_instance_id=None if ci is None else int(ci),
         )
-        device.mig_names[uuid] = identity
+        device.mig_instances[uuid] = identity
         logger.info("GPU %s has MIG instance %s (%s)", label, identity.label, name)
         return identity
 
     def _processes(
-        self,
-        identity: GpuDevice,
-        handle: Any,
-        device: _Device,
-        *,
-        per_process_util: bool,
+        self, label: str, handle: Any, utilization_of: _Device | None
     ) -> tuple[ProcessSample, ...]:
-        infos = self._running_processes(identity.label, handle)
+        """The compute processes on a device.
+
+        Per-process utilization is read from ``utilization_of``'s samples when it
+        is given (None for MIG instances, which have no such samples).
+        """
+        infos = self._running_processes(label, handle)
         if infos is None:
             return ()
         utilization: dict[int, float] | None = None
-        if per_process_util:
-            utilization = self._process_utilization(device, handle)
-        merged: dict[int, int | None] = {}
+        if utilization_of is not None:
+            utilization = self._process_utilization(utilization_of, handle)
+        memory_by_pid: dict[int, int | None] = {}
         for info in infos:
-            pid = int(info.pid)
-            memory = info.usedGpuMemory
-            previous = merged.get(pid)
+            pid, memory = int(info.pid), info.usedGpuMemory
+            previous = memory_by_pid.get(pid)
             # A process listed twice (a driver quirk) keeps the larger figure.
-            if pid in merged and (
+            if pid in memory_by_pid and (
                 memory is None or (previous is not None and previous >= memory)
             ):
                 continue
-            merged[pid] = None if memory is None else int(memory)
+            memory_by_pid[pid] = None if memory is None else int(memory)
         return tuple(
             ProcessSample(
                 pid=pid,
                 memory_bytes=memory,
-                sm_utilization_ratio=None
-                if utilization is None
-                else utilization.get(pid, 0.0),
+                sm_utilization_ratio=(
+                    None if utilization is None else utilization.get(pid, 0.0)
+                ),
             )
-            for pid, memory in sorted(merged.items())
+            for pid, memory in sorted(memory_by_pid.items())
         )
 
     def _running_processes(self, label: str, handle: Any) -> list[Any] | None:
         for attempt in range(3):
             call = self._process_list_call
-            fn = getattr(self._lib, call)
             try:
-                return list(self._call(label, call, fn, handle, count=False))
+                return list(self._call(label, call, handle, count=False))
             except NvmlNotSupported as exc:
                 if exc.code == "library_mismatch" and call != _PROCESS_LIST_V2:
                     # An older driver without the _v3 symbol: _v2 has the same layout.
@@ -585,14 +496,10 @@ class NvmlSource:
         self, device: _Device, handle: Any
     ) -> dict[int, float] | None:
         label = device.identity.label
+        since = device.last_util_timestamp_us
         try:
             raw = self._call(
-                label,
-                "nvmlDeviceGetProcessUtilization",
-                self._lib.nvmlDeviceGetProcessUtilization,
-                handle,
-                device.last_util_timestamp_us,
-                count=False,
+                label, "nvmlDeviceGetProcessUtilization", handle, since, count=False
             )
         except NvmlError as exc:
             if _code_of(exc) == _NOT_FOUND:
@@ -602,10 +509,10 @@ class NvmlSource:
             self._count(label, exc)
             return None
         by_pid: dict[int, dict[int, int]] = {}
-        newest = device.last_util_timestamp_us
+        newest = since
         for entry in raw:
             stamp = int(entry.timeStamp)
-            if stamp <= device.last_util_timestamp_us:
+            if stamp <= since:
                 continue
             newest = max(newest, stamp)
             # Keyed by stamp so that a duplicated sample counts once.
@@ -613,38 +520,31 @@ class NvmlSource:
                 max(int(entry.smUtil), 0), 100
             )
         device.last_util_timestamp_us = newest
-        return {pid: sum(v.values()) / len(v) / 100.0 for pid, v in by_pid.items()}
+        return {pid: sum(v.values()) / len(v) / 100 for pid, v in by_pid.items()}
 
     # Calls and errors
 
-    def _optional(
-        self,
-        label: str,
-        call: str,
-        fn: Callable[..., Any],
-        *args: Any,
-        scale: float | None = None,
-    ) -> Any:
+    def _optional(self, label: str, call: str, *args: Any) -> Any:
         """Calls NVML for one field: None on failure, except when the GPU is lost."""
         try:
-            value = self._call(label, call, fn, *args)
+            return self._call(label, call, *args)
         except (GpuLost, NvmlUnavailable):
             raise
         except NvmlError:
             return None
-        return value if scale is None else float(value) * scale
 
-    def _call(
-        self,
-        label: str,
-        call: str,
-        fn: Callable[..., T],
-        *args: Any,
-        count: bool = True,
-    ) -> T:
+    def _call(self, label: str, call: str, *args: Any, count: bool = True) -> Any:
+        """Calls the pynvml function ``call``; failures come out translated.
+
+        Args:
+            label: the GPU the call is about, for the error count ("" for none).
+            call: the pynvml function's name.
+            args: its arguments.
+            count: whether a failure counts in ``errors``.
+        """
         lib = self._lib
         try:
-            return fn(*args)
+            return getattr(lib, call)(*args)
         except lib.NVMLError as exc:
             error = _translate(call, exc)
         except lib.NVMLLibraryMismatchError as exc:
