@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError              bad configuration; the message names the field
     ├── ListenError              the metrics address cannot be bound
     └── SourceError              a data source failed; the daemon carries on
+        ├── ScrapeError          an engine's endpoint could not be read (``reason``)
         └── NvmlError            an NVML call failed (``call`` and ``code`` kept)
             ├── NvmlUnavailable  no library, no driver, or init failed
             ├── NvmlNotSupported the device has no such capability
@@ -25,6 +26,7 @@ __all__ = [
     "NvmlError",
     "NvmlNotSupported",
     "NvmlUnavailable",
+    "ScrapeError",
     "SourceError",
 ]
 
@@ -51,6 +53,20 @@ class ListenError(GpumeterError):
 
 class SourceError(GpumeterError):
     """A data source (NVML, /proc, an engine's endpoint) failed."""
+
+
+class ScrapeError(SourceError):
+    """An inference server's endpoint could not be read or understood.
+
+    Attributes:
+        reason: a short, stable name for what went wrong, used as a metric label:
+            ``refused``, ``timeout``, ``http_<status>``, ``too_large``,
+            ``truncated``, ``not_metrics``, ``unrecognized``, ``bad_response``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NvmlError(SourceError):

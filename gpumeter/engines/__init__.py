@@ -1,0 +1,1 @@
+"""Inference servers: scraping, dialects, discovery and token counters."""
