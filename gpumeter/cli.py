@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from gpumeter import __version__
 from gpumeter.config import Settings, load_settings, parse_listen
-from gpumeter.errors import ConfigError, ListenError
+from gpumeter.engines.records import ENGINE_KINDS
+from gpumeter.errors import ConfigError, ListenError, ScrapeError
 
 if TYPE_CHECKING:
-    from gpumeter.daemon import Daemon
-    from gpumeter.demo import Demo
+    from gpumeter.engines.source import EngineTarget
 
 __all__ = ["main"]
 
@@ -70,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(command="demo", handler=_demo)
 
+    probe = commands.add_parser(
+        "probe", help="read one inference server once and print what it reports"
+    )
+    probe.add_argument("url", help="http://HOST:PORT, or the full metrics URL")
+    probe.add_argument(
+        "--kind", choices=ENGINE_KINDS, help="the server's dialect (else detected)"
+    )
+    probe.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request"
+    )
+    probe.set_defaults(command="probe", handler=_probe)
+
     check = commands.add_parser(
         "check-config", help="validate a configuration file and print it"
     )
@@ -104,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from gpumeter.daemon import Daemon
 
-    return _serve(Daemon(settings), duration=None)
+    return _serve(Daemon(settings).run, duration=None)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -115,12 +131,13 @@ def _demo(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from gpumeter.demo import Demo
 
-    demo = Demo(settings)
-    return _serve(demo.daemon, duration=args.duration, extra=demo)
+    return _serve(Demo(settings).run, duration=args.duration)
 
 
-def _serve(daemon: Daemon, *, duration: float | None, extra: Demo | None = None) -> int:
-    """Runs a daemon until a signal or the duration ends; 1 if it cannot start."""
+def _serve(
+    run: Callable[[asyncio.Event], Awaitable[None]], *, duration: float | None
+) -> int:
+    """Runs until a signal or the duration ends; 1 if it cannot listen."""
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
@@ -129,10 +146,7 @@ def _serve(daemon: Daemon, *, duration: float | None, extra: Demo | None = None)
             loop.add_signal_handler(signum, _on_signal, signum, stop)
         if duration is not None:
             loop.call_later(duration, stop.set)
-        tasks = [asyncio.create_task(daemon.run(stop))]
-        if extra is not None:
-            tasks.append(asyncio.create_task(extra.show(stop)))
-        await asyncio.gather(*tasks)
+        await run(stop)
 
     try:
         asyncio.run(body())
@@ -147,6 +161,58 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from gpumeter.engines.source import EngineTarget
+
+    try:
+        target = EngineTarget.from_url(args.url, kind=args.kind)
+    except ValueError as exc:
+        print(f"gpumeter: probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = asyncio.run(_probe_once(target, args.timeout))
+    except ScrapeError as exc:
+        if exc.reason == "unrecognized":
+            print(json.dumps({"engine": "unknown", "models": []}))
+        print(f"gpumeter: probe: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+async def _probe_once(target: EngineTarget, timeout_s: float) -> dict[str, Any]:
+    from gpumeter.engines.scrape import Scraper
+    from gpumeter.engines.source import probe
+
+    async with aiohttp.ClientSession() as session:
+        scraper = Scraper(
+            session, connect_timeout_s=min(2.0, timeout_s), total_timeout_s=timeout_s
+        )
+        found, path, families = await probe(
+            scraper, target.base_url, metrics_path=target.metrics_path, kind=target.kind
+        )
+        identity = None
+        if found.identity_path is not None:
+            identity = await scraper.json(target.base_url + found.identity_path)
+        reading = found.read(families, identity)
+    return {
+        "engine": reading.kind,
+        "url": target.base_url + path,
+        "started_at": reading.started_at,
+        "models": [
+            {k: _plain(v) for k, v in dataclasses.asdict(m).items()}
+            for m in reading.models
+        ],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Counts as integers when they are whole, as the servers count them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _check_config(args: argparse.Namespace) -> int:
     settings = _load(args.file, explicit=True)
     if settings is None:
@@ -155,20 +221,41 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _to_toml(data: dict[str, Any]) -> str:
-    """Writes settings (scalars and one level of tables) as TOML."""
-    scalars = [
-        f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)
+def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Writes settings as TOML: scalars, tables and arrays of tables.
+
+    Unset optional values (None) are left out, as TOML has no null.
+    """
+    lines = [
+        f"{key} = {_toml_value(value)}"
+        for key, value in data.items()
+        if value is not None and not _is_table(value) and not _is_table_array(value)
     ]
-    lines = [*scalars]
     for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        name = f"{prefix}{key}"
+        if _is_table(value):
+            lines.append(f"\n[{name}]\n{_to_toml(value, name + '.')}".rstrip("\n"))
+        elif _is_table_array(value):
+            for item in value:
+                lines.append(f"\n[[{name}]]\n{_to_toml(item, name + '.')}".rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_table_array(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and bool(value)
+        and all(isinstance(item, dict) for item in value)
+    )
+
+
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

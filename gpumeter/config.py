@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -23,6 +24,8 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_LISTEN",
+    "EngineSettings",
+    "EngineTargetSettings",
     "NvmlSettings",
     "ProcessSettings",
     "SamplingSettings",
@@ -89,6 +92,51 @@ class ProcessSettings(_Section):
     proc_root: Path = Path("/proc")
 
 
+class EngineTargetSettings(_Section):
+    """An inference server named in the configuration.
+
+    Attributes:
+        url: ``http://HOST:PORT``, or the full metrics URL when it is not at one
+            of the dialect's usual paths.
+        name: the ``engine`` label; defaults to HOST:PORT.
+        kind: the dialect (vllm, tgi, sglang, llamacpp, nim); detected when unset.
+    """
+
+    url: str
+    name: str | None = None
+    kind: Literal["vllm", "tgi", "sglang", "llamacpp", "nim"] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://HOST:PORT[/PATH], got {value!r}")
+        return value
+
+
+class EngineSettings(_Section):
+    """How inference servers are found and read.
+
+    Attributes:
+        interval_seconds: period of the engine tick, in seconds.
+        discovery: find servers that own GPU processes through /proc.
+        connect_timeout_seconds: limit for opening a connection, in seconds.
+        timeout_seconds: limit for a whole request, in seconds.
+        max_body_bytes: a larger response is refused.
+        concurrency: requests in flight at once, at most.
+        targets: servers to read whether or not they are discovered.
+    """
+
+    interval_seconds: float = Field(default=5.0, ge=0.5, le=300.0)
+    discovery: bool = True
+    connect_timeout_seconds: float = Field(default=2.0, gt=0.0)
+    timeout_seconds: float = Field(default=5.0, gt=0.0)
+    max_body_bytes: int = Field(default=16 * 2**20, ge=4096)
+    concurrency: int = Field(default=8, ge=1, le=256)
+    targets: tuple[EngineTargetSettings, ...] = ()
+
+
 class Settings(BaseSettings):
     """The effective configuration of one gpumeter daemon.
 
@@ -99,6 +147,7 @@ class Settings(BaseSettings):
         sampling: sampling periods.
         nvml: NVML retry policy.
         processes: process information source.
+        engines: inference servers.
     """
 
     model_config = SettingsConfigDict(
@@ -114,6 +163,7 @@ class Settings(BaseSettings):
     sampling: SamplingSettings = SamplingSettings()
     nvml: NvmlSettings = NvmlSettings()
     processes: ProcessSettings = ProcessSettings()
+    engines: EngineSettings = EngineSettings()
 
     @field_validator("listen")
     @classmethod

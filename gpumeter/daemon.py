@@ -6,13 +6,19 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings, parse_listen
+from gpumeter.engines.discovery import ServerCandidate, ServerFinder
+from gpumeter.engines.scrape import Scraper
+from gpumeter.engines.source import EngineSource, EngineTarget
 from gpumeter.errors import ListenError
 from gpumeter.export import MetricsServer, SnapshotCollector
 from gpumeter.gpus import NvmlSource
@@ -50,6 +56,7 @@ class Daemon:
         registry: the Prometheus registry to serve; None makes a new one.
         jobs: extra (name, period in seconds, callable) jobs to schedule in the
             daemon's loop, such as a simulation's workload.
+        engine_targets: engines to read besides the configured ones.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class Daemon:
         processes: ProcessLookup | None = None,
         registry: CollectorRegistry | None = None,
         jobs: Iterable[tuple[str, float, Callable[[], None]]] = (),
+        engine_targets: Iterable[EngineTarget] = (),
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -74,6 +82,18 @@ class Daemon:
         self._snapshot = NodeSnapshot()
         self._started_monotonic = self._clock.monotonic()
         self._jobs = list(jobs)
+        self._engine_targets = [
+            EngineTarget.from_url(t.url, name=t.name, kind=t.kind)
+            for t in settings.engines.targets
+        ]
+        self._engine_targets.extend(engine_targets)
+        self._engines: EngineSource | None = None
+        self._finder = (
+            ServerFinder(proc_root=settings.processes.proc_root)
+            if settings.engines.discovery
+            else None
+        )
+        self._start_times = ProcessResolver(settings.processes.proc_root)
         # NVML calls block and can hang on a failing GPU: one thread of their own
         # keeps them off the event loop that serves /metrics.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpumeter-nvml")
@@ -81,9 +101,27 @@ class Daemon:
         self.registry.register(SnapshotCollector(self.snapshot))
         self.server = MetricsServer(self.registry, self.health)
 
+    def add_engine_target(self, target: EngineTarget) -> None:
+        """Adds an engine to read; only before :meth:`run`."""
+        if self._engines is not None:
+            raise RuntimeError("engines are fixed once the daemon runs")
+        self._engine_targets.append(target)
+
+    def set_engine_pids(self, name: str, pids: frozenset[int]) -> None:
+        """Tells which GPU processes a configured engine owns now."""
+        if self._engines is not None:
+            self._engines.set_pids(name, pids)
+
     def snapshot(self) -> NodeSnapshot:
-        """The latest consistent view of the node."""
-        return self._snapshot
+        """The latest view of the node: the last GPU tick and the last engine tick."""
+        engines = self._engines
+        if engines is None:
+            return self._snapshot
+        return replace(
+            self._snapshot,
+            engines=engines.engines,
+            scrape_errors=dict(engines.errors),
+        )
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """Healthy while ticks keep completing; NVML being down is reported only."""
@@ -135,6 +173,19 @@ class Daemon:
                 f"cannot listen on {self.settings.listen}: {exc}"
             ) from exc
         scheduler = AsyncIOScheduler(event_loop=loop)
+        engines = self.settings.engines
+        session = aiohttp.ClientSession()
+        self._engines = EngineSource(
+            Scraper(
+                session,
+                connect_timeout_s=engines.connect_timeout_seconds,
+                total_timeout_s=engines.timeout_seconds,
+                max_body_bytes=engines.max_body_bytes,
+                concurrency=engines.concurrency,
+            ),
+            self._engine_targets,
+            self._clock,
+        )
         try:
             # The first tick runs before the scheduler starts, so /metrics has data
             # from the first scrape on.
@@ -149,6 +200,18 @@ class Daemon:
                 coalesce=True,
                 misfire_grace_time=max(1, int(period * 2)),
             )
+            if self._engine_targets or self._finder is not None:
+                engines_period = self.settings.engines.interval_seconds
+                scheduler.add_job(
+                    self._engine_tick,
+                    "interval",
+                    seconds=engines_period,
+                    id="engines",
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=max(1, int(engines_period * 2)),
+                    next_run_time=datetime.now(timezone.utc),
+                )
             for name, seconds, job in self._jobs:
                 scheduler.add_job(job, "interval", seconds=seconds, id=name)
             scheduler.start()
@@ -163,9 +226,41 @@ class Daemon:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             await self.server.stop()
+            await session.close()
             await loop.run_in_executor(self._executor, self._gpus.close)
             self._executor.shutdown(wait=False)
             logger.info("gpumeter stopped")
+
+    async def _engine_tick(self) -> None:
+        """Discovers engines among the GPU processes' ancestors, then reads them all."""
+        engines = self._engines
+        if engines is None:
+            return
+        try:
+            if self._finder is not None:
+                pids = {p.pid for s in self._snapshot.gpus for p in s.processes}
+                loop = asyncio.get_running_loop()
+                candidates, started = await loop.run_in_executor(
+                    self._executor, self._discover, pids
+                )
+                await engines.adopt(candidates, started)
+            await engines.scrape()
+        except Exception:  # the daemon outlives any bug in one tick
+            logger.exception("engine tick failed")
+
+    def _discover(
+        self, pids: set[int]
+    ) -> tuple[list[ServerCandidate], dict[int, float]]:
+        assert self._finder is not None
+        candidates = self._finder.find(pids)
+        started: dict[int, float] = {}
+        for candidate in candidates:
+            info = self._start_times.lookup(candidate.server_pid)
+            start = None if info is None else self._start_times.started_at(info)
+            if start is not None:
+                started[candidate.server_pid] = start
+        self._start_times.forget_except(started)
+        return candidates, started
 
     async def _tick_in_executor(self) -> None:
         loop = asyncio.get_running_loop()

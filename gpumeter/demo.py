@@ -14,6 +14,7 @@ from typing import TextIO
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings
 from gpumeter.daemon import Daemon
+from gpumeter.engines.source import EngineTarget
 from gpumeter.processes import ProcessInfo
 from gpumeter.sim import (
     DemoWorkload,
@@ -22,6 +23,7 @@ from gpumeter.sim import (
     SimulatedNvml,
     build_demo_node,
 )
+from gpumeter.sim.engines import SimEngines
 from gpumeter.snapshot import NodeSnapshot
 
 __all__ = ["Demo", "SimProcessLookup"]
@@ -31,6 +33,7 @@ _TABLE_PERIOD_S = 2.0
 _GIB = 2**30
 _GPU_ROW = "{:<4} {:<24} {:>8} {:>12} {:>7} {:>8}"
 _PROCESS_ROW = "{:<4} {:>7} {:<16} {:>6} {:>8}"
+_ENGINE_ROW = "{:<18} {:<24} {:>3} {:>12} {:>12} {:>10} {:>10}"
 
 
 class SimProcessLookup:
@@ -98,6 +101,17 @@ class Demo:
         self._out = out or sys.stdout
         self.node = build_demo_node(self._clock)
         self.workload = DemoWorkload(self.node)
+        self.engines = SimEngines(self.workload, self._clock)
+        settings = settings.model_copy(
+            update={
+                "engines": settings.engines.model_copy(
+                    # The simulated PIDs have no /proc entries to discover from.
+                    update={"discovery": False, "interval_seconds": 1.0}
+                )
+            }
+        )
+        self._previous_counts: dict[tuple[str, str], tuple[float, float]] = {}
+        self._rates_at: float | None = None
         self.daemon = Daemon(
             settings,
             nvml=SimulatedNvml(self.node),
@@ -107,7 +121,26 @@ class Demo:
         )
 
     def _advance(self) -> None:
-        self.workload.advance(self._clock.monotonic())
+        now = self._clock.monotonic()
+        # Tokens follow the same loads as power: advance both to the same moment.
+        self.workload.advance(now)
+        self.engines.advance(now)
+        for name, truth in self.engines.truth().items():
+            pids = frozenset() if truth.pid is None else frozenset({truth.pid})
+            self.daemon.set_engine_pids(name, pids)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serves the simulated engines, runs the daemon and shows the table."""
+        await self.engines.start()
+        try:
+            for name, server in self.engines.servers.items():
+                kind = self.engines.engines[name].truth().engine
+                self.daemon.add_engine_target(
+                    EngineTarget.from_url(server.url, name=name, kind=kind)
+                )
+            await asyncio.gather(self.daemon.run(stop), self.show(stop))
+        finally:
+            await self.engines.stop()
 
     async def show(self, stop: asyncio.Event) -> None:
         """Prints the table every two seconds until ``stop`` is set."""
@@ -156,7 +189,62 @@ class Demo:
                         _number(p.memory_bytes, 1, scale=1 / _GIB),
                     )
                 )
+        lines += ["", *self._engine_rows(snapshot)]
         return "\n".join(lines) + "\n\n"
+
+    def _engine_rows(self, snapshot: NodeSnapshot) -> list[str]:
+        """A row per engine and model: token rates since the previous table."""
+        now = self._clock.monotonic()
+        elapsed = now - self._rates_at if self._rates_at is not None else None
+        rows = [
+            _ENGINE_ROW.format(
+                "engine",
+                "model",
+                "up",
+                "prompt tok/s",
+                "output tok/s",
+                "output",
+                "true",
+            )
+        ]
+        truth = self.engines.truth()
+        counted: dict[tuple[str, str], tuple[float, float]] = {}
+        for status in snapshot.engines:
+            for model, totals in sorted(status.totals.items()):
+                key = (status.target.name, model)
+                now_counts = (
+                    totals.prompt_tokens or 0.0,
+                    totals.generation_tokens or 0.0,
+                )
+                counted[key] = now_counts
+                before = self._previous_counts.get(key)
+                rates = (
+                    tuple(
+                        (a - b) / elapsed
+                        for a, b in zip(now_counts, before, strict=True)
+                    )
+                    if before is not None and elapsed
+                    else (None, None)
+                )
+                real = truth.get(status.target.name)
+                rows.append(
+                    _ENGINE_ROW.format(
+                        status.target.name,
+                        model[-24:],
+                        "yes" if status.up else "no",
+                        _number(rates[0], 0),
+                        _number(rates[1], 0),
+                        _number(now_counts[1], 0),
+                        _number(
+                            None
+                            if real is None
+                            else float(real.since_start.generation_tokens),
+                            0,
+                        ),
+                    )
+                )
+        self._previous_counts, self._rates_at = counted, now
+        return rows
 
 
 def _number(value: float | None, digits: int, scale: float = 1.0) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pwd
 import re
 from collections.abc import Callable, Iterable
@@ -52,6 +53,9 @@ _RUNTIME_BY_PREFIX: Final = {
 
 # Runtime by the parent of a bare container ID (cgroupfs driver outside Kubernetes).
 _RUNTIME_BY_PARENT: Final = {"docker": "docker"}
+
+# Clock ticks per second, the unit of start times in /proc/PID/stat.
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 # Units of the kinds a process can be in; slices only group them.
 _UNIT_SUFFIXES: Final = (".service", ".scope")
@@ -250,6 +254,7 @@ class ProcessResolver:
         self._proc_root = proc_root
         self._user_name = user_name if user_name is not None else _passwd_user_name
         self._cache: dict[int, ProcessInfo] = {}
+        self._boot_time: float | None = None
 
     def lookup(self, pid: int) -> ProcessInfo | None:
         """Describe a process.
@@ -280,6 +285,24 @@ class ProcessResolver:
             return None
         self._cache[pid] = info
         return info
+
+    def started_at(self, info: ProcessInfo) -> float | None:
+        """When a process started, in Unix seconds; None if the boot time is unknown.
+
+        Args:
+            info: the process, as :meth:`lookup` gave it.
+        """
+        if self._boot_time is None:
+            try:
+                for line in _read_text(self._proc_root / "stat").splitlines():
+                    if line.startswith("btime "):
+                        self._boot_time = float(line.split()[1])
+                        break
+            except (OSError, ValueError, IndexError):
+                return None
+        if self._boot_time is None:
+            return None
+        return self._boot_time + info.start_ticks / _CLOCK_TICKS
 
     def forget_except(self, live_pids: Iterable[int]) -> None:
         """Drop what is remembered about every PID not in ``live_pids``.

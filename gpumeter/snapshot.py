@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpumeter.engines.source import EngineStatus
 from gpumeter.gpus import GpuSample
 from gpumeter.processes import ProcessInfo
 
@@ -21,7 +22,9 @@ class NodeSnapshot:
         nvml_up: NVML is initialized and answering.
         driver_version: the NVIDIA driver version, when known.
         nvml_errors: failed NVML calls so far, by (gpu label, call, error).
-        tick_monotonic_s: monotonic time of the tick that built this snapshot.
+        tick_monotonic_s: monotonic time of the GPU tick that built this snapshot.
+        engines: the status of every inference server.
+        scrape_errors: failed scrapes so far, by (engine, reason).
     """
 
     gpus: tuple[GpuSample, ...] = ()
@@ -30,3 +33,5 @@ class NodeSnapshot:
     driver_version: str | None = None
     nvml_errors: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     tick_monotonic_s: float | None = None
+    engines: tuple[EngineStatus, ...] = ()
+    scrape_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)

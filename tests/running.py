@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_server_port() -> int:
+    """A free port below Linux's ephemeral range, where servers are configured.
+
+    Discovery takes a listener on an ephemeral port for a peer connection
+    (NCCL, a rendezvous store), not an inference server, so a test server that
+    must be discovered listens below 32768.
+    """
+    for port in random.sample(range(20_000, 32_000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 class Gpumeter:

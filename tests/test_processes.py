@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -697,3 +698,13 @@ def test_real_proc_self() -> None:
     assert info.command in {os.path.basename(arg)[:15] for arg in sys.orig_argv[:2]}
     assert info.start_ticks > 0
     assert info.cgroup_path.startswith("/")
+
+
+def test_started_at_is_boot_time_plus_start_ticks() -> None:
+    resolver = ProcessResolver()
+    info = resolver.lookup(os.getpid())
+    assert info is not None
+    started = resolver.started_at(info)
+    assert started is not None
+    # This test process started a little while ago, not in the future.
+    assert time.time() - 3600 < started <= time.time()

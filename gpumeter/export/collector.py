@@ -57,6 +57,7 @@ class SnapshotCollector(Collector):
         yield errors
         yield from _gpu_families(snap)
         yield from _process_families(snap)
+        yield from _engine_families(snap)
 
 
 def _gpu_families(snap: NodeSnapshot) -> Iterator[Metric]:
@@ -160,3 +161,80 @@ def _process_labels(info: ProcessInfo | None) -> list[str]:
     container = (info.container_id or "")[:_SHORT_CONTAINER_ID]
     # The namespace needs the Kubernetes API; /proc alone cannot tell it.
     return [info.command, container, info.pod_uid or "", ""]
+
+
+def _engine_families(snap: NodeSnapshot) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "gpumeter_engine_up",
+        "1 if the inference server's last scrape was read and understood, else 0.",
+        labels=["engine", "kind"],
+    )
+    tokens = CounterMetricFamily(
+        "gpumeter_tokens",
+        "Tokens an engine processed for a model since gpumeter started watching it.",
+        labels=["engine", "model", "token_kind"],
+    )
+    requests = CounterMetricFamily(
+        "gpumeter_requests",
+        "Requests an engine finished for a model since gpumeter started watching.",
+        labels=["engine", "model"],
+    )
+    busy = CounterMetricFamily(
+        "gpumeter_engine_phase_seconds",
+        "Time an engine's requests spent in prefill or decode, summed over requests.",
+        labels=["engine", "model", "phase"],
+    )
+    running = GaugeMetricFamily(
+        "gpumeter_engine_requests_running",
+        "Requests in an engine's running batch.",
+        labels=["engine", "model"],
+    )
+    waiting = GaugeMetricFamily(
+        "gpumeter_engine_requests_waiting",
+        "Requests queued in an engine.",
+        labels=["engine", "model"],
+    )
+    placement = GaugeMetricFamily(
+        "gpumeter_engine_gpu_info",
+        "Ties an engine to each GPU process it owns and its GPU; always 1.",
+        labels=["engine", "kind", "gpu", "pid"],
+    )
+    errors = CounterMetricFamily(
+        "gpumeter_scrape_errors",
+        "Failed scrapes of an engine, by reason.",
+        labels=["engine", "reason"],
+    )
+    gpus_of = _gpus_by_pid(snap)
+    for status in snap.engines:
+        name, kind = status.target.name, status.kind or "unknown"
+        up.add_metric([name, kind], 1.0 if status.up else 0.0)
+        for model, totals in sorted(status.totals.items()):
+            for family, value, extra in (
+                (tokens, totals.prompt_tokens, ["prompt"]),
+                (tokens, totals.generation_tokens, ["generation"]),
+                (requests, totals.requests, []),
+                (busy, totals.prefill_seconds, ["prefill"]),
+                (busy, totals.decode_seconds, ["decode"]),
+            ):
+                if value is not None:
+                    family.add_metric([name, model, *extra], value)
+        if status.up and status.reading is not None:
+            for reading in status.reading.models:
+                if reading.requests_running is not None:
+                    running.add_metric([name, reading.model], reading.requests_running)
+                if reading.requests_waiting is not None:
+                    waiting.add_metric([name, reading.model], reading.requests_waiting)
+        for pid in sorted(status.target.pids):
+            for gpu in gpus_of.get(pid, ()):
+                placement.add_metric([name, kind, gpu, str(pid)], 1.0)
+    for (engine, reason), count in sorted(snap.scrape_errors.items()):
+        errors.add_metric([engine, reason], float(count))
+    yield from (up, tokens, requests, busy, running, waiting, placement, errors)
+
+
+def _gpus_by_pid(snap: NodeSnapshot) -> dict[int, list[str]]:
+    gpus: dict[int, list[str]] = {}
+    for sample in snap.gpus:
+        for process in sample.processes:
+            gpus.setdefault(process.pid, []).append(sample.device.label)
+    return gpus
