@@ -130,25 +130,28 @@ async def probe(
         ScrapeError: nothing there could be read or recognized.
     """
     paths = [metrics_path] if metrics_path else _candidate_paths(kind)
-    last_error: ScrapeError | None = None
+    errors: list[ScrapeError] = []
     for path in paths:
         try:
             families = await scraper.families(base_url + path)
         except ScrapeError as exc:
-            last_error = exc
             if exc.reason in ("refused", "timeout"):
                 raise  # the server itself is not answering; other paths won't
+            errors.append(exc)
             continue
         if kind is not None:
             return dialect(kind), path, families
         found = await _settle(scraper, base_url, detect(families))
         if found is not None:
             return found, path, families
-        last_error = ScrapeError(
-            "unrecognized", f"{base_url}{path}: no inference server's metrics there"
+        errors.append(
+            ScrapeError(
+                "unrecognized", f"{base_url}{path}: no inference server's metrics there"
+            )
         )
-    assert last_error is not None
-    raise last_error
+    # An exposition that no dialect claims says more than a 404 elsewhere.
+    errors.sort(key=lambda e: e.reason != "unrecognized")
+    raise errors[0]
 
 
 def _candidate_paths(kind: str | None) -> list[str]:
