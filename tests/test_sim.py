@@ -25,33 +25,12 @@ from gpumeter.sim import (
     SimulatedNvml,
     build_demo_node,
 )
+from tests.fake_clock import WALL_START, FakeClock
 
 UUID0 = "GPU-11111111-2222-3333-4444-555555555555"
 UUID1 = "GPU-66666666-7777-8888-9999-000000000000"
 MIG_UUID0 = "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 MIG_UUID1 = "MIG-ffffffff-0000-1111-2222-333333333333"
-WALL_START = 1_700_000_000.0
-
-
-class FakeClock:
-    """Both clocks move together, only when the test says so."""
-
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = WALL_START
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
-
-    def now_us(self) -> int:
-        return round(self.wall * 1_000_000)
 
 
 @pytest.fixture

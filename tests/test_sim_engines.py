@@ -27,29 +27,11 @@ from gpumeter.sim.engines import (
     request_stream,
     rust_float,
 )
+from tests.fake_clock import WALL_START, FakeClock
 
-WALL_START = 1_700_000_000.0
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
 PID_STEP = 137
-
-
-class FakeClock:
-    """Both clocks move together, only when the test says so."""
-
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = WALL_START
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
 
 
 @pytest.fixture
