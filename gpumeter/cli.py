@@ -21,7 +21,7 @@ from gpumeter.engines.records import ENGINE_KINDS
 from gpumeter.errors import ConfigError, ListenError, ScrapeError
 
 if TYPE_CHECKING:
-    from gpumeter.engines.source import EngineTarget
+    from gpumeter.engines.records import EngineTarget
 
 __all__ = ["main"]
 
@@ -162,7 +162,7 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from gpumeter.engines.source import EngineTarget
+    from gpumeter.engines.records import EngineTarget
 
     try:
         target = EngineTarget.from_url(args.url, kind=args.kind)

@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings, parse_listen
 from gpumeter.engines.discovery import ServerCandidate, ServerFinder
+from gpumeter.engines.records import EngineTarget
 from gpumeter.engines.scrape import Scraper
-from gpumeter.engines.source import EngineSource, EngineTarget
+from gpumeter.engines.source import EngineSource
 from gpumeter.errors import ListenError
 from gpumeter.export import MetricsServer, SnapshotCollector
 from gpumeter.gpus import NvmlSource

@@ -14,7 +14,7 @@ from typing import TextIO
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings
 from gpumeter.daemon import Daemon
-from gpumeter.engines.source import EngineTarget
+from gpumeter.engines.records import EngineTarget
 from gpumeter.processes import ProcessInfo
 from gpumeter.sim import (
     DemoWorkload,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gpumeter.engines.source import EngineStatus
+from gpumeter.engines.records import EngineStatus
 from gpumeter.gpus import GpuSample
 from gpumeter.processes import ProcessInfo
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from tests.running import (
 )
 
 DURATION_S = 20.0
-TICK_S = 1.0  # the default GPU interval
 
 
 @pytest.mark.slow
@@ -34,41 +34,43 @@ def test_demo_energy_grows_by_power_times_time(tmp_path: Path) -> None:
         base_env(),
         tmp_path,
     )
-    ticks: list[tuple[dict[str, float], dict[str, float]]] = []
+    ticks: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
     ended = False
     try:
         wait_for(lambda: get(f"{base}/metrics")[0] == 200 or None, 10, "the demo")
         exposition = get(f"{base}/metrics")[1]
         assert check_metrics(exposition) == []
         # Scrape five times per tick so that no tick is missed; keep one reading
-        # of each tick (the energy counters move on every tick).
+        # of each tick, told apart by its time stamp.
         while process.process.poll() is None:
             try:
                 scrape = series(get(f"{base}/metrics")[1])
             except OSError:
                 ended = True  # the demo's time is up
                 break
-            power, energy = (
+            power, energy, stamp = (
                 _by_gpu(scrape, "gpumeter_gpu_power_watts"),
                 _by_gpu(scrape, "gpumeter_gpu_energy_joules_total"),
+                _by_gpu(scrape, "gpumeter_gpu_last_sample_timestamp_seconds"),
             )
-            if energy and (not ticks or energy != ticks[-1][1]):
-                ticks.append((power, energy))
+            if stamp and (not ticks or stamp != ticks[-1][2]):
+                ticks.append((power, energy, stamp))
             time.sleep(0.2)
     finally:
         # A demo that ended by itself must exit 0 without being told to.
         status = process.stop(signal_first=not ended)
     assert status == 0, process.log()
-    # The first scheduled tick follows the start-up tick after a start-up delay;
-    # from then on ticks are one interval apart.
-    ticks = ticks[2:]
     assert len(ticks) >= DURATION_S - 5
     assert set(ticks[0][0]) == set(ticks[0][1]) == {"0", "1", "2"}
     for gpu in ("0", "1", "2"):
         measured_j = ticks[-1][1][gpu] - ticks[0][1][gpu]
         # NVML's power is the average over the last second, so each tick's
-        # reading stands for the interval before it.
-        estimated_j = sum(power[gpu] * TICK_S for power, _ in ticks[1:])
+        # reading stands for the interval before it (about a second; the exact
+        # length comes from the sample's own time stamp).
+        estimated_j = sum(
+            now[0][gpu] * (now[2][gpu] - before[2][gpu])
+            for before, now in itertools.pairwise(ticks)
+        )
         assert measured_j > 0
         assert estimated_j == pytest.approx(measured_j, rel=0.01), gpu
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from gpumeter.clock import SystemClock
 from gpumeter.config import EngineSettings, EngineTargetSettings, Settings
 from gpumeter.daemon import Daemon
-from gpumeter.engines.counters import ModelTotals
+from gpumeter.engines.records import ModelTotals
 from gpumeter.sim import Scenario, ScenarioGpu, SimulatedNvml
 from tests.running import free_port, series
 

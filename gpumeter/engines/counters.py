@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
-from gpumeter.engines.records import EngineReading
+from gpumeter.engines.records import EngineReading, ModelTotals
 
-__all__ = ["COUNTED", "EngineBooks", "ModelTotals"]
+__all__ = ["COUNTED", "EngineBooks"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,27 +19,6 @@ COUNTED = (
     "decode_seconds",
 )
 """The cumulative fields of :class:`ModelReading` that the books follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelTotals:
-    """What gpumeter has counted for one model on one engine since it started.
-
-    A field is None when the engine does not report that figure.
-
-    Attributes:
-        prompt_tokens: input tokens.
-        generation_tokens: output tokens.
-        requests: finished requests.
-        prefill_seconds: prefill time, in seconds.
-        decode_seconds: decode time, in seconds.
-    """
-
-    prompt_tokens: float | None = None
-    generation_tokens: float | None = None
-    requests: float | None = None
-    prefill_seconds: float | None = None
-    decode_seconds: float | None = None
 
 
 class _Series:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-__all__ = ["ENGINE_KINDS", "EngineReading", "ModelReading"]
+__all__ = [
+    "ENGINE_KINDS",
+    "EngineReading",
+    "EngineStatus",
+    "EngineTarget",
+    "ModelReading",
+    "ModelTotals",
+]
 
 ENGINE_KINDS = ("vllm", "tgi", "sglang", "llamacpp", "nim")
 """The dialects gpumeter understands; anything else is ``unknown``."""
@@ -54,3 +63,88 @@ class EngineReading:
     kind: str
     models: tuple[ModelReading, ...]
     started_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTotals:
+    """What gpumeter has counted for one model on one engine since it started.
+
+    A field is None when the engine does not report that figure.
+
+    Attributes:
+        prompt_tokens: input tokens.
+        generation_tokens: output tokens.
+        requests: finished requests.
+        prefill_seconds: prefill time, in seconds.
+        decode_seconds: decode time, in seconds.
+    """
+
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    requests: float | None = None
+    prefill_seconds: float | None = None
+    decode_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """An inference server to read.
+
+    Attributes:
+        name: the ``engine`` label: the configured name, else ``host:port``.
+        base_url: scheme, host and port, such as ``http://127.0.0.1:8000``.
+        metrics_path: the exposition's path; None to find it from the dialect.
+        kind: the dialect, when configured; None to detect it.
+        server_pid: the listening process, when discovered.
+        pids: the GPU processes the server owns, when discovered.
+        started_at: the server process's start, in Unix seconds, when known.
+    """
+
+    name: str
+    base_url: str
+    metrics_path: str | None = None
+    kind: str | None = None
+    server_pid: int | None = None
+    pids: frozenset[int] = frozenset()
+    started_at: float | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, name: str | None = None, kind: str | None = None
+    ) -> EngineTarget:
+        """A target from a URL, with or without the metrics path.
+
+        Raises:
+            ValueError: the URL has no http(s) scheme or no host.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://HOST:PORT[/PATH], got {url!r}")
+        base = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path if parts.path not in ("", "/") else None
+        if parts.query:
+            path = f"{path or ''}?{parts.query}"
+        return cls(
+            name=name or parts.netloc, base_url=base, metrics_path=path, kind=kind
+        )
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What is known of one engine after a scrape.
+
+    Attributes:
+        target: the engine.
+        up: the last scrape succeeded and was understood.
+        kind: the dialect, once detected.
+        reason: why the last scrape failed, when it did.
+        reading: the last reading understood.
+        totals: gpumeter's totals per model since it started watching.
+    """
+
+    target: EngineTarget
+    up: bool
+    kind: str | None = None
+    reason: str | None = None
+    reading: EngineReading | None = None
+    totals: Mapping[str, ModelTotals] = field(default_factory=dict)

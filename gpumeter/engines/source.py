@@ -6,16 +6,19 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from gpumeter.clock import Clock, SystemClock
-from gpumeter.engines.counters import EngineBooks, ModelTotals
+from gpumeter.engines.counters import EngineBooks
 from gpumeter.engines.dialects import DIALECTS, Dialect, detect, dialect
 from gpumeter.engines.discovery import ServerCandidate
 from gpumeter.engines.exposition import Families
-from gpumeter.engines.records import EngineReading
+from gpumeter.engines.records import (
+    EngineStatus,
+    EngineTarget,
+)
 from gpumeter.engines.scrape import Scraper
 from gpumeter.errors import ScrapeError
 
@@ -28,70 +31,6 @@ logger = logging.getLogger(__name__)
 _NOT_AN_ENGINE_RETRY_S = 300.0
 # How long an identity (TGI's /info, llama.cpp's /props) is trusted.
 _IDENTITY_TTL_S = 600.0
-
-
-@dataclass(frozen=True)
-class EngineTarget:
-    """An inference server to read.
-
-    Attributes:
-        name: the ``engine`` label: the configured name, else ``host:port``.
-        base_url: scheme, host and port, such as ``http://127.0.0.1:8000``.
-        metrics_path: the exposition's path; None to find it from the dialect.
-        kind: the dialect, when configured; None to detect it.
-        server_pid: the listening process, when discovered.
-        pids: the GPU processes the server owns, when discovered.
-        started_at: the server process's start, in Unix seconds, when known.
-    """
-
-    name: str
-    base_url: str
-    metrics_path: str | None = None
-    kind: str | None = None
-    server_pid: int | None = None
-    pids: frozenset[int] = frozenset()
-    started_at: float | None = None
-
-    @classmethod
-    def from_url(
-        cls, url: str, name: str | None = None, kind: str | None = None
-    ) -> EngineTarget:
-        """A target from a URL, with or without the metrics path.
-
-        Raises:
-            ValueError: the URL has no http(s) scheme or no host.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http://HOST:PORT[/PATH], got {url!r}")
-        base = f"{parts.scheme}://{parts.netloc}"
-        path = parts.path if parts.path not in ("", "/") else None
-        if parts.query:
-            path = f"{path or ''}?{parts.query}"
-        return cls(
-            name=name or parts.netloc, base_url=base, metrics_path=path, kind=kind
-        )
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    """What is known of one engine after a scrape.
-
-    Attributes:
-        target: the engine.
-        up: the last scrape succeeded and was understood.
-        kind: the dialect, once detected.
-        reason: why the last scrape failed, when it did.
-        reading: the last reading understood.
-        totals: gpumeter's totals per model since it started watching.
-    """
-
-    target: EngineTarget
-    up: bool
-    kind: str | None = None
-    reason: str | None = None
-    reading: EngineReading | None = None
-    totals: Mapping[str, ModelTotals] = field(default_factory=dict)
 
 
 class _Engine:

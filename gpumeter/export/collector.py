@@ -106,11 +106,17 @@ def _gpu_families(snap: NodeSnapshot) -> Iterator[Metric]:
             lambda s: s.power_limit_watts,
         ),
     }
+    stamp = GaugeMetricFamily(
+        "gpumeter_gpu_last_sample_timestamp_seconds",
+        "When the GPU's figures were read, in Unix seconds (for staleness alerts).",
+        labels=["gpu"],
+    )
     driver = snap.driver_version or ""
     for sample in snap.gpus:
         gpu = sample.device.label
         info.add_metric([gpu, sample.device.uuid, sample.device.name, driver], 1.0)
         up.add_metric([gpu], 1.0 if sample.up else 0.0)
+        stamp.add_metric([gpu], sample.wall_time_s)
         if sample.energy_joules is not None:
             energy.add_metric([gpu], sample.energy_joules)
         for family, value_of in gauges.values():
@@ -119,6 +125,7 @@ def _gpu_families(snap: NodeSnapshot) -> Iterator[Metric]:
                 family.add_metric([gpu], float(value))
     yield info
     yield up
+    yield stamp
     yield energy
     for family, _ in gauges.values():
         yield family

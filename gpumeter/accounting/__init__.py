@@ -1,0 +1,1 @@
+"""Accounting: energy per GPU and process, prices, books per workload; pure logic."""
