@@ -14,6 +14,9 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from gpumeter.accounting.attribution import Attributor, IdleBaseline
+from gpumeter.accounting.books import Books
+from gpumeter.accounting.pricing import Pricing
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings, parse_listen
 from gpumeter.engines.discovery import ServerCandidate, ServerFinder
@@ -22,7 +25,7 @@ from gpumeter.engines.scrape import Scraper
 from gpumeter.engines.source import EngineSource
 from gpumeter.errors import ListenError
 from gpumeter.export import MetricsServer, SnapshotCollector
-from gpumeter.gpus import NvmlSource
+from gpumeter.gpus import GpuSample, NvmlSource
 from gpumeter.processes import ProcessInfo, ProcessResolver
 from gpumeter.snapshot import NodeSnapshot
 
@@ -95,6 +98,15 @@ class Daemon:
             else None
         )
         self._start_times = ProcessResolver(settings.processes.proc_root)
+        attribution = settings.attribution
+        self._idle = IdleBaseline(attribution.idle_watts)
+        self._attributor = Attributor(self._idle, attribution.idle_policy)
+        # The books are only touched from the NVML thread; readers get copies.
+        self._books = Books(
+            Pricing(settings.pricing),
+            window_s=attribution.window_seconds,
+            prefill_weight=attribution.prefill_weight,
+        )
         # NVML calls block and can hang on a failing GPU: one thread of their own
         # keeps them off the event loop that serves /metrics.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpumeter-nvml")
@@ -148,6 +160,9 @@ class Daemon:
             if info is not None:
                 processes[pid] = info
         self._processes.forget_except(pids)
+        intervals = self._attributor.update(samples)
+        engines = self._engines.engines if self._engines is not None else ()
+        self._books.book_intervals(intervals, processes, engines)
         snap = NodeSnapshot(
             gpus=samples,
             processes=processes,
@@ -155,6 +170,8 @@ class Daemon:
             driver_version=self._gpus.driver_version,
             nvml_errors=dict(self._gpus.errors),
             tick_monotonic_s=self._clock.monotonic(),
+            books=self._books.view(self._clock.time()),
+            idle_watts=self._idle_watts(samples),
         )
         self._snapshot = snap
         return snap
@@ -232,6 +249,16 @@ class Daemon:
             self._executor.shutdown(wait=False)
             logger.info("gpumeter stopped")
 
+    def _idle_watts(self, samples: Iterable[GpuSample]) -> dict[str, float]:
+        watts: dict[str, float] = {}
+        for sample in samples:
+            device = sample.device
+            if device.parent_uuid is None:
+                value = self._idle.watts(device.uuid, device.label)
+                if value is not None:
+                    watts[device.label] = value
+        return watts
+
     async def _engine_tick(self) -> None:
         """Discovers engines among the GPU processes' ancestors, then reads them all."""
         engines = self._engines
@@ -245,7 +272,10 @@ class Daemon:
                     self._executor, self._discover, pids
                 )
                 await engines.adopt(candidates, started)
-            await engines.scrape()
+            statuses = await engines.scrape()
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._books.book_tokens, statuses, self._clock.time()
+            )
         except Exception:  # the daemon outlives any bug in one tick
             logger.exception("engine tick failed")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpumeter.accounting.books import BooksView
 from gpumeter.engines.records import EngineStatus
 from gpumeter.gpus import GpuSample
 from gpumeter.processes import ProcessInfo
@@ -25,6 +26,8 @@ class NodeSnapshot:
         tick_monotonic_s: monotonic time of the GPU tick that built this snapshot.
         engines: the status of every inference server.
         scrape_errors: failed scrapes so far, by (engine, reason).
+        books: energy and money per workload, and cost per token, when priced.
+        idle_watts: the idle baseline of each GPU in use, by GPU label.
     """
 
     gpus: tuple[GpuSample, ...] = ()
@@ -35,3 +38,5 @@ class NodeSnapshot:
     tick_monotonic_s: float | None = None
     engines: tuple[EngineStatus, ...] = ()
     scrape_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    books: BooksView | None = None
+    idle_watts: Mapping[str, float] = field(default_factory=dict)

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpumeter.accounting.books import BooksView, TokenPrice
 from gpumeter.export import MetricsServer, SnapshotCollector
 from gpumeter.gpus import GpuDevice, GpuSample, ProcessSample
 from gpumeter.processes import ProcessInfo
@@ -171,3 +172,50 @@ async def test_a_busy_port_raises_oserror() -> None:
     finally:
         await first.stop()
     await asyncio.sleep(0)
+
+
+def test_books_are_exported_in_the_configured_currency() -> None:
+    books = BooksView(
+        currency="EUR",
+        energy_joules={("vllm-a", "llama", "0"): 1234.5, ("idle", "", "1"): 10.0},
+        cost={
+            ("vllm-a", "llama", "energy"): 0.01,
+            ("vllm-a", "llama", "hardware"): 0.2,
+            ("idle", "", "fixed"): 0.003,
+        },
+        idle_cost={"1": 0.05},
+        gpu_methods={"0": "counter", "1": "power"},
+        gpu_basis={"0": "sm", "1": "none"},
+        token_prices=(
+            TokenPrice("vllm-a", "llama", "prompt", 1000.0, 0.05, 0.1),
+            TokenPrice("vllm-a", "llama", "generation", 400.0, 0.5, 1.2),
+        ),
+    )
+    snapshot = NodeSnapshot(books=books, idle_watts={"0": 71.5})
+    text = _scrape(snapshot)
+    samples = _samples(text)
+    energy = (("gpu", "0"), ("model", "llama"), ("workload", "vllm-a"))
+    assert samples[("gpumeter_workload_energy_joules_total", energy)] == 1234.5
+    cost = (
+        ("component", "hardware"),
+        ("currency", "EUR"),
+        ("model", "llama"),
+        ("workload", "vllm-a"),
+    )
+    assert samples[("gpumeter_cost_total", cost)] == 0.2
+    price = (
+        ("currency", "EUR"),
+        ("engine", "vllm-a"),
+        ("model", "llama"),
+        ("token_kind", "generation"),
+    )
+    assert samples[("gpumeter_cost_per_million_tokens", price)] == 0.5
+    joules = (("engine", "vllm-a"), ("model", "llama"), ("token_kind", "prompt"))
+    assert samples[("gpumeter_energy_per_token_joules", joules)] == 0.1
+    assert samples[
+        ("gpumeter_gpu_idle_cost_total", (("currency", "EUR"), ("gpu", "1")))
+    ]
+    method = ("gpumeter_gpu_energy_method_info", (("gpu", "1"), ("method", "power")))
+    assert samples[method] == 1
+    assert samples[("gpumeter_gpu_idle_power_watts", (("gpu", "0"),))] == 71.5
+    assert check_metrics(text) == []

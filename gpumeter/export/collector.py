@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -13,6 +13,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gpumeter import __version__
+from gpumeter.accounting.books import BooksView
 from gpumeter.gpus import GpuSample
 from gpumeter.processes import ProcessInfo
 from gpumeter.snapshot import NodeSnapshot
@@ -58,6 +59,8 @@ class SnapshotCollector(Collector):
         yield from _gpu_families(snap)
         yield from _process_families(snap)
         yield from _engine_families(snap)
+        if snap.books is not None:
+            yield from _book_families(snap.books, snap.idle_watts)
 
 
 def _gpu_families(snap: NodeSnapshot) -> Iterator[Metric]:
@@ -245,3 +248,66 @@ def _gpus_by_pid(snap: NodeSnapshot) -> dict[int, list[str]]:
         for process in sample.processes:
             gpus.setdefault(process.pid, []).append(sample.device.label)
     return gpus
+
+
+def _book_families(
+    books: BooksView, idle_watts: Mapping[str, float]
+) -> Iterator[Metric]:
+    currency = books.currency
+    energy = CounterMetricFamily(
+        "gpumeter_workload_energy_joules",
+        "GPU energy attributed to a workload's model on a GPU, in joules.",
+        labels=["workload", "model", "gpu"],
+    )
+    for (workload, model, gpu), joules in sorted(books.energy_joules.items()):
+        energy.add_metric([workload, model, gpu], joules)
+    cost = CounterMetricFamily(
+        "gpumeter_cost",
+        "Money attributed to a workload's model, by component.",
+        labels=["workload", "model", "component", "currency"],
+    )
+    for (workload, model, component), money in sorted(books.cost.items()):
+        cost.add_metric([workload, model, component, currency], money)
+    idle = CounterMetricFamily(
+        "gpumeter_gpu_idle_cost",
+        "Money booked to a GPU's idle workload (idle energy and holding cost).",
+        labels=["gpu", "currency"],
+    )
+    for gpu, money in sorted(books.idle_cost.items()):
+        idle.add_metric([gpu, currency], money)
+    per_million = GaugeMetricFamily(
+        "gpumeter_cost_per_million_tokens",
+        "Money per million tokens over the sliding window.",
+        labels=["engine", "model", "token_kind", "currency"],
+    )
+    per_token = GaugeMetricFamily(
+        "gpumeter_energy_per_token_joules",
+        "GPU energy per token over the sliding window, in joules.",
+        labels=["engine", "model", "token_kind"],
+    )
+    for price in books.token_prices:
+        labels = [price.engine, price.model, price.token_kind]
+        per_million.add_metric([*labels, currency], price.cost_per_million)
+        per_token.add_metric(labels, price.energy_per_token_joules)
+    method = GaugeMetricFamily(
+        "gpumeter_gpu_energy_method_info",
+        "How a GPU's energy is measured: counter, or power integrated; always 1.",
+        labels=["gpu", "method"],
+    )
+    for gpu, name in sorted(books.gpu_methods.items()):
+        method.add_metric([gpu, name], 1.0)
+    basis = GaugeMetricFamily(
+        "gpumeter_gpu_split_basis_info",
+        "How a GPU's active energy is split: sm, memory, single or none; always 1.",
+        labels=["gpu", "basis"],
+    )
+    for gpu, name in sorted(books.gpu_basis.items()):
+        basis.add_metric([gpu, name], 1.0)
+    baseline = GaugeMetricFamily(
+        "gpumeter_gpu_idle_power_watts",
+        "The idle baseline in use for a GPU, configured or learned, in watts.",
+        labels=["gpu"],
+    )
+    for gpu, watts in sorted(idle_watts.items()):
+        baseline.add_metric([gpu], watts)
+    yield from (energy, cost, idle, per_million, per_token, method, basis, baseline)
