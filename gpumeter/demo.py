@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TextIO
 
+from gpumeter.accounting.books import TokenPrice
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings
 from gpumeter.daemon import Daemon
@@ -33,7 +34,7 @@ _TABLE_PERIOD_S = 2.0
 _GIB = 2**30
 _GPU_ROW = "{:<4} {:<24} {:>8} {:>12} {:>7} {:>8}"
 _PROCESS_ROW = "{:<4} {:>7} {:<16} {:>6} {:>8}"
-_ENGINE_ROW = "{:<18} {:<24} {:>3} {:>12} {:>12} {:>10} {:>10}"
+_ENGINE_ROW = "{:<18} {:>9} {:>9} {:>7} {:>7} {:>10} {:>9} {:>9}"
 
 
 class SimProcessLookup:
@@ -110,7 +111,7 @@ class Demo:
                 )
             }
         )
-        self._previous_counts: dict[tuple[str, str], tuple[float, float]] = {}
+        self._previous_counts: dict[tuple[str, str], tuple[float, float, float]] = {}
         self._rates_at: float | None = None
         self.daemon = Daemon(
             settings,
@@ -193,58 +194,95 @@ class Demo:
         return "\n".join(lines) + "\n\n"
 
     def _engine_rows(self, snapshot: NodeSnapshot) -> list[str]:
-        """A row per engine and model: token rates since the previous table."""
+        """A row per engine and model: rates, power, and cost per token.
+
+        Token rates and watts are since the previous table; joules per token and
+        money per million tokens are gpumeter's, over its sliding window. The
+        ``true J/tok`` column is the simulation's own figure since it started:
+        the engine's processes' exact active energy plus their memory share of
+        idle energy, over the tokens the engines really served.
+        """
         now = self._clock.monotonic()
         elapsed = now - self._rates_at if self._rates_at is not None else None
+        books = snapshot.books
+        currency = books.currency if books is not None else ""
         rows = [
             _ENGINE_ROW.format(
                 "engine",
-                "model",
-                "up",
-                "prompt tok/s",
-                "output tok/s",
-                "output",
-                "true",
+                "in tok/s",
+                "out tok/s",
+                "watts",
+                "J/tok",
+                "true J/tok",
+                f"{currency}/M in",
+                f"{currency}/M out",
             )
         ]
-        truth = self.engines.truth()
-        counted: dict[tuple[str, str], tuple[float, float]] = {}
+        prices = {
+            (p.engine, p.model, p.token_kind): p
+            for p in (books.token_prices if books is not None else ())
+        }
+        counted: dict[tuple[str, str], tuple[float, float, float]] = {}
         for status in snapshot.engines:
+            name = status.target.name
             for model, totals in sorted(status.totals.items()):
-                key = (status.target.name, model)
-                now_counts = (
+                joules = 0.0
+                if books is not None:
+                    joules = sum(
+                        j
+                        for (workload, m, _), j in books.energy_joules.items()
+                        if workload == name and m == model
+                    )
+                counts = (
                     totals.prompt_tokens or 0.0,
                     totals.generation_tokens or 0.0,
+                    joules,
                 )
-                counted[key] = now_counts
-                before = self._previous_counts.get(key)
-                rates = (
-                    tuple(
-                        (a - b) / elapsed
-                        for a, b in zip(now_counts, before, strict=True)
+                before = self._previous_counts.get((name, model))
+                counted[(name, model)] = counts
+                rates: tuple[float | None, ...] = (None, None, None)
+                if before is not None and elapsed:
+                    rates = tuple(
+                        (a - b) / elapsed for a, b in zip(counts, before, strict=True)
                     )
-                    if before is not None and elapsed
-                    else (None, None)
-                )
-                real = truth.get(status.target.name)
+                every = prices.get((name, model, "all"))
                 rows.append(
                     _ENGINE_ROW.format(
-                        status.target.name,
-                        model[-24:],
-                        "yes" if status.up else "no",
+                        name,
                         _number(rates[0], 0),
                         _number(rates[1], 0),
-                        _number(now_counts[1], 0),
+                        _number(rates[2], 0),
                         _number(
-                            None
-                            if real is None
-                            else float(real.since_start.generation_tokens),
-                            0,
+                            None if every is None else every.energy_per_token_joules, 3
                         ),
+                        _number(self._true_joules_per_token(name), 3),
+                        _number(_price(prices, name, model, "prompt"), 4),
+                        _number(_price(prices, name, model, "generation"), 4),
                     )
                 )
         self._previous_counts, self._rates_at = counted, now
         return rows
+
+    def _true_joules_per_token(self, engine: str) -> float | None:
+        truth = self.engines.truth().get(engine)
+        if truth is None or truth.pid is None:
+            return None
+        tokens = truth.since_start.prompt_tokens + truth.since_start.generation_tokens
+        for gpu in self.node.gpus:
+            resident = {p.pid: p.memory_bytes for p in gpu.processes}
+            if truth.pid in resident and tokens:
+                real = gpu.truth
+                share = resident[truth.pid] / (sum(resident.values()) or 1)
+                active = real.active_joules_by_pid.get(truth.pid, 0.0)
+                return (active + real.idle_joules * share) / tokens
+        return None
+
+
+def _price(
+    prices: dict[tuple[str, str, str], TokenPrice], engine: str, model: str, kind: str
+) -> float | None:
+    price = prices.get((engine, model, kind))
+    return None if price is None else price.cost_per_million
 
 
 def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
