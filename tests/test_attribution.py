@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -238,6 +239,14 @@ def test_before_any_idle_sample_the_lowest_power_stands_in() -> None:
     baseline.observe(_sample(3.0, power=300.0, utilization=0.9))
     assert baseline.watts(GPU0.uuid, "0") == 350.0
     assert baseline.learned() == {}
+
+
+def test_the_stand_in_never_exceeds_a_tenth_of_the_power_limit() -> None:
+    baseline = IdleBaseline()
+    busy = _sample(0.0, power=640.0, utilization=0.95)
+    baseline.observe(dataclasses.replace(busy, power_limit_watts=700.0))
+    # A GPU busy since it was first seen has shown only working power.
+    assert baseline.watts(GPU0.uuid, "0") == pytest.approx(70.0)
 
 
 def test_a_busy_sample_is_not_idle() -> None:
