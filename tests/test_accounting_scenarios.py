@@ -334,3 +334,66 @@ def test_cost_per_million_tokens_against_the_truth() -> None:
     assert prices["prompt"].cost_per_million == pytest.approx(
         prompt_money / engine_tokens["prompt"] * 1e6, rel=0.02
     )
+
+
+def test_two_engines_sharing_a_gpu_each_pay_their_own_way() -> None:
+    run = Run()
+    gpu = run.gpu(0)
+    memory = {100: 45 * GIB, 200: 15 * GIB}
+    gpu.add_process(SimProcess(pid=100, memory_bytes=memory[100], sm_percent=50))
+    gpu.add_process(SimProcess(pid=200, memory_bytes=memory[200], sm_percent=20))
+    pricing = Pricing(PricingSettings())
+    books = Books(pricing)
+    tokens = {100: 0.0, 200: 0.0}
+    loads = {100: _wave(50, 20, 30), 200: _wave(20, 10, 17)}
+
+    def engines() -> list[EngineStatus]:
+        return [
+            EngineStatus(
+                target=EngineTarget(
+                    name=f"e{pid}", base_url="http://x:1", pids=frozenset({pid})
+                ),
+                up=True,
+                kind="vllm",
+                totals={"m": ModelTotals(prompt_tokens=0.0, generation_tokens=n)},
+            )
+            for pid, n in tokens.items()
+        ]
+
+    run.run(1)
+    run.mark()
+    books.book_tokens(engines(), run.clock.time())
+    before = run.truth()[gpu.uuid]
+
+    def step(t: float) -> None:
+        for pid, load in loads.items():
+            gpu.update_process(pid, sm_percent=load(t))
+            # Generated tokens per second follow each engine's load, at
+            # different speeds for the two models.
+            tokens[pid] += load(t) * (30.0 if pid == 100 else 55.0)
+
+    for second in range(240):
+        run.run(1, step)
+        books.book_intervals(run.intervals[-1:], {}, engines())
+        if second % 5 == 4:
+            books.book_tokens(engines(), run.clock.time())
+    after = run.truth()[gpu.uuid]
+    idle = after[1] - before[1]
+    hardware, fixed = pricing.holding_cost(gpu.name, 240.0)
+    prices = {
+        p.engine: p
+        for p in books.token_prices(run.clock.time())
+        if p.token_kind == "generation"
+    }
+    for pid in (100, 200):
+        share = memory[pid] / sum(memory.values())
+        joules = after[2][pid] - before[2].get(pid, 0.0) + idle * share
+        money = pricing.energy_cost(joules, 0.0, 1.0) + (hardware + fixed) * share
+        price = prices[f"e{pid}"]
+        assert price.tokens == pytest.approx(tokens[pid])
+        assert price.cost_per_million == pytest.approx(
+            money / tokens[pid] * 1e6, rel=0.02
+        )
+        assert price.energy_per_token_joules == pytest.approx(
+            joules / tokens[pid], rel=0.02
+        )
