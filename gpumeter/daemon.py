@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -209,26 +209,14 @@ class Daemon:
             # from the first scrape on.
             await self._tick_in_executor()
             period = self.settings.sampling.gpu_interval_seconds
-            scheduler.add_job(
-                self._tick_in_executor,
-                "interval",
-                seconds=period,
-                id="gpus",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(period * 2)),
-            )
+            _every(scheduler, "gpus", period, self._tick_in_executor)
             if self._engine_targets or self._finder is not None:
-                engines_period = self.settings.engines.interval_seconds
-                scheduler.add_job(
+                _every(
+                    scheduler,
+                    "engines",
+                    self.settings.engines.interval_seconds,
                     self._engine_tick,
-                    "interval",
-                    seconds=engines_period,
-                    id="engines",
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=max(1, int(engines_period * 2)),
-                    next_run_time=datetime.now(timezone.utc),
+                    first=datetime.now(timezone.utc),
                 )
             for name, seconds, job in self._jobs:
                 scheduler.add_job(job, "interval", seconds=seconds, id=name)
@@ -299,3 +287,29 @@ class Daemon:
             await loop.run_in_executor(self._executor, self.tick)
         except Exception:  # the daemon outlives any bug in one tick
             logger.exception("GPU tick failed")
+
+
+def _every(
+    scheduler: AsyncIOScheduler,
+    name: str,
+    seconds: float,
+    job: Callable[[], Awaitable[None]],
+    first: datetime | None = None,
+) -> None:
+    """Runs a tick at a fixed rate; a late run is merged, never queued behind.
+
+    The first run is one period after the start, or at ``first`` when given.
+    """
+    # apscheduler reads an explicit next_run_time=None as "paused": pass it only
+    # when there is a time to pass.
+    extra: dict[str, Any] = {} if first is None else {"next_run_time": first}
+    scheduler.add_job(
+        job,
+        "interval",
+        seconds=seconds,
+        id=name,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, int(seconds * 2)),
+        **extra,
+    )

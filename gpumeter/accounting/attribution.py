@@ -303,44 +303,28 @@ class Attributor:
         active_joules = energy_joules - idle_joules
         processes = _merge(sample.processes)
 
-        if not processes:
-            return GpuInterval(
-                gpu=device.label,
-                uuid=device.uuid,
-                name=device.name,
-                start_wall_s=previous.wall_time_s,
-                end_wall_s=sample.wall_time_s,
-                duration_s=duration_s,
-                energy_joules=energy_joules,
-                method=method,
-                idle_joules=idle_joules,
-                active_joules=active_joules,
-                basis="none",
-                processes=(),
-                unattributed_joules=energy_joules,
-                idle_holding_share=1.0,
+        basis = "none"
+        parts: tuple[ProcessEnergy, ...] = ()
+        unattributed_joules, idle_holding_share = energy_joules, 1.0
+        if processes:
+            basis, active_shares = _active_shares(processes)
+            if self._policy == "share":
+                holding_shares = _memory_shares(processes)
+                unattributed_joules, idle_holding_share = 0.0, 0.0
+            else:
+                holding_shares = [0.0] * len(processes)
+                unattributed_joules, idle_holding_share = idle_joules, 1.0
+            parts = tuple(
+                ProcessEnergy(
+                    pid=process.pid,
+                    active_joules=active_joules * active_share,
+                    idle_joules=idle_joules * holding_share,
+                    holding_share=holding_share,
+                )
+                for process, active_share, holding_share in zip(
+                    processes, active_shares, holding_shares, strict=True
+                )
             )
-
-        basis, active_shares = _active_shares(processes)
-        if self._policy == "share":
-            holding_shares = _memory_shares(processes)
-            unattributed_joules = 0.0
-            idle_holding_share = 0.0
-        else:
-            holding_shares = [0.0] * len(processes)
-            unattributed_joules = idle_joules
-            idle_holding_share = 1.0
-        parts = tuple(
-            ProcessEnergy(
-                pid=process.pid,
-                active_joules=active_joules * active_share,
-                idle_joules=idle_joules * holding_share,
-                holding_share=holding_share,
-            )
-            for process, active_share, holding_share in zip(
-                processes, active_shares, holding_shares, strict=True
-            )
-        )
         return GpuInterval(
             gpu=device.label,
             uuid=device.uuid,
