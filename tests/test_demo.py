@@ -44,7 +44,8 @@ def test_demo_energy_grows_by_power_times_time(tmp_path: Path) -> None:
         # of each tick, told apart by its time stamp.
         while process.process.poll() is None:
             try:
-                scrape = series(get(f"{base}/metrics")[1])
+                exposition = get(f"{base}/metrics")[1]
+                scrape = series(exposition)
             except OSError:
                 ended = True  # the demo's time is up
                 break
@@ -60,6 +61,10 @@ def test_demo_energy_grows_by_power_times_time(tmp_path: Path) -> None:
         # A demo that ended by itself must exit 0 without being told to.
         status = process.stop(signal_first=not ended)
     assert status == 0, process.log()
+    # By the end every family is populated, cost per token included.
+    assert "gpumeter_cost_per_million_tokens{" in exposition
+    assert "gpumeter_tokens_total{" in exposition
+    assert check_metrics(exposition) == []
     assert len(ticks) >= DURATION_S - 5
     assert set(ticks[0][0]) == set(ticks[0][1]) == {"0", "1", "2"}
     for gpu in ("0", "1", "2"):
