@@ -188,41 +188,31 @@ class EngineSource:
             started_at: start times of server processes, by PID, in Unix seconds.
         """
         now = self._clock.monotonic()
-        alive: set[tuple[int, str, int]] = set()
-        tries: list[tuple[tuple[int, str, int], ServerCandidate]] = []
         configured = {
             _endpoint_of(e.target.base_url): e for e in self._configured.values()
         }
+        by_server = {key[0]: key for key in self._discovered}
+        alive: set[int] = set()
+        new: list[ServerCandidate] = []
         for candidate in candidates:
+            alive.add(candidate.server_pid)
             known = next(
                 (configured[ep] for ep in candidate.endpoints if ep in configured), None
             )
             if known is not None:
                 # A configured engine: discovery only tells which processes it owns.
                 self.set_pids(known.target.name, candidate.gpu_pids)
-                continue
-            for host, port in candidate.endpoints:
-                key = (candidate.server_pid, host, port)
-                alive.add(key)
-                engine = self._discovered.get(key)
-                if engine is not None:
-                    engine.target = _with_pids(engine.target, candidate.gpu_pids)
-                    engine.status = _replace_target(engine.status, engine.target)
-                    break
-                if self._not_engines.get(key, float("-inf")) > now:
-                    continue
-                tries.append((key, candidate))
-        results = await asyncio.gather(
-            *(
-                self._try_discovered(key, c, started_at.get(c.server_pid))
-                for key, c in tries
-            )
+            elif candidate.server_pid in by_server:
+                engine = self._discovered[by_server[candidate.server_pid]]
+                engine.target = _with_pids(engine.target, candidate.gpu_pids)
+                engine.status = _replace_target(engine.status, engine.target)
+            else:
+                new.append(candidate)
+        await asyncio.gather(
+            *(self._discover(c, started_at.get(c.server_pid), now) for c in new)
         )
-        for (key, _), found in zip(tries, results, strict=True):
-            if not found:
-                self._not_engines[key] = now + _NOT_AN_ENGINE_RETRY_S
         for key in list(self._discovered):
-            if key not in alive:
+            if key[0] not in alive:
                 engine = self._discovered.pop(key)
                 logger.info(
                     "engine %s is gone (server process %s exited)",
@@ -230,17 +220,31 @@ class EngineSource:
                     key[0],
                 )
         for key in list(self._not_engines):
-            if key not in alive:
+            if key[0] not in alive:
                 del self._not_engines[key]
 
-    async def _try_discovered(
+    async def _discover(
+        self, candidate: ServerCandidate, started_at: float | None, now: float
+    ) -> None:
+        """Probes a new server's endpoints, best first, until one is an engine.
+
+        One server is one engine, however many addresses it answers on: the
+        endpoints are tried one after another, never at once.
+        """
+        for host, port in candidate.endpoints:
+            key = (candidate.server_pid, host, port)
+            if self._not_engines.get(key, float("-inf")) > now:
+                continue
+            if await self._try_endpoint(key, candidate, started_at):
+                return
+            self._not_engines[key] = now + _NOT_AN_ENGINE_RETRY_S
+
+    async def _try_endpoint(
         self,
         key: tuple[int, str, int],
         candidate: ServerCandidate,
         started_at: float | None,
     ) -> bool:
-        if any(k[0] == key[0] for k in self._discovered):
-            return True  # another port of the same server already answered
         pid, host, port = key
         base_url = f"http://{_url_host(host)}:{port}"
         try:
