@@ -217,3 +217,15 @@ def test_booked_money_adds_up_to_the_gpus_cost(
     assert sum(books.energy_joules.values()) == pytest.approx(
         interval.energy_joules, rel=1e-9, abs=1e-9
     )
+
+
+def test_a_workload_long_gone_leaves_the_books() -> None:
+    books = Books(FlatPrices(), retention_s=10.0)
+    gone = ProcessEnergy(pid=1, active_joules=5.0, idle_joules=0.0, holding_share=0.5)
+    stays = ProcessEnergy(pid=2, active_joules=5.0, idle_joules=0.0, holding_share=0.5)
+    processes = {1: _info(1, command="old"), 2: _info(2, command="new")}
+    books.book_intervals([_interval(1.0, (gone, stays))], processes, [])
+    books.book_intervals([_interval(15.0, (stays,))], processes, [])
+    view = books.view(now_wall_s=20.0)
+    assert {w for w, _, _ in view.energy_joules} == {"command/new", IDLE_WORKLOAD}
+    assert {w for w, _, _ in view.cost} == {"command/new", IDLE_WORKLOAD}

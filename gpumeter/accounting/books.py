@@ -140,19 +140,29 @@ class Books:
     """Cumulative energy and money per workload, and recent cost per token.
 
     Not thread-safe: book and read from one thread, and hand :meth:`view` copies
-    to others.
+    to others. A workload that books nothing for ``retention_s`` (a pod long gone)
+    leaves the books, so that churning pods do not grow the exported series
+    without end; what it cost stays in Prometheus's history.
 
     Args:
         prices: turns energy and holding time into money.
         window_s: the sliding window for cost per token, in seconds.
         prefill_weight: what a prompt token weighs against a generated one when an
             engine does not report its prefill and decode time.
+        retention_s: how long a workload that books nothing stays, in seconds.
+
     """
 
     def __init__(
-        self, prices: Prices, window_s: float = 900.0, prefill_weight: float = 0.25
+        self,
+        prices: Prices,
+        window_s: float = 900.0,
+        prefill_weight: float = 0.25,
+        retention_s: float = 3600.0,
     ) -> None:
         self.prices = prices
+        self._retention_s = retention_s
+        self._last_booked: dict[tuple[str, str], float] = {}
         self._prefill_weight = prefill_weight
         self.energy_joules: defaultdict[tuple[str, str, str], float] = defaultdict(
             float
@@ -242,6 +252,7 @@ class Books:
             )
             shares = self._model_shares.get(engine, {"": 1.0}) if engine else {"": 1.0}
             for model, share in shares.items():
+                self._last_booked[(workload, model)] = end
                 self._add(workload, model, interval.gpu, joules * share, money, share)
                 if engine is not None:
                     self._spend.add(
@@ -279,6 +290,7 @@ class Books:
 
     def view(self, now_wall_s: float) -> BooksView:
         """Copies the books, with cost per token as of ``now_wall_s``."""
+        self._forget_gone(now_wall_s)
         return BooksView(
             currency=self.prices.currency,
             energy_joules=dict(self.energy_joules),
@@ -288,6 +300,23 @@ class Books:
             gpu_basis=dict(self.gpu_basis),
             token_prices=tuple(self.token_prices(now_wall_s)),
         )
+
+    def _forget_gone(self, now_wall_s: float) -> None:
+        cutoff = now_wall_s - self._retention_s
+        gone = {key for key, last in self._last_booked.items() if last < cutoff}
+        if not gone:
+            return
+        for key in gone:
+            del self._last_booked[key]
+            logger.info(
+                "workload %s (model %r) left the books: nothing booked for %.0f s",
+                key[0],
+                key[1],
+                self._retention_s,
+            )
+        for books in (self.energy_joules, self.cost):
+            for key3 in [k for k in books if (k[0], k[1]) in gone]:
+                del books[key3]
 
     def token_prices(self, now_wall_s: float) -> list[TokenPrice]:
         """Cost and energy per token of every engine's model over the window.
