@@ -229,3 +229,50 @@ def test_a_workload_long_gone_leaves_the_books() -> None:
     view = books.view(now_wall_s=20.0)
     assert {w for w, _, _ in view.energy_joules} == {"command/new", IDLE_WORKLOAD}
     assert {w for w, _, _ in view.cost} == {"command/new", IDLE_WORKLOAD}
+
+
+def test_a_sound_fit_divides_the_cost_by_what_each_kind_really_costs() -> None:
+    """Prompt tokens truly cost 0.05 J and generated ones 0.6 J, mixes varying."""
+    true_prompt_j, true_generation_j = 0.05, 0.6
+    books = Books(FlatPrices())
+    prompt = generation = 0.0
+    engine = _engine("e", frozenset({1}), m=ModelTotals(0.0, 0.0))
+    books.book_tokens([engine], 0.0)
+    for step in range(1, 40):
+        p, g = 400.0 + 300.0 * (step % 5), 50.0 + 40.0 * (step % 3)
+        prompt, generation = prompt + p, generation + g
+        joules = p * true_prompt_j + g * true_generation_j
+        part = ProcessEnergy(
+            pid=1, active_joules=joules, idle_joules=0.0, holding_share=1.0
+        )
+        engine = _engine("e", frozenset({1}), m=ModelTotals(prompt, generation))
+        books.book_intervals([_interval(float(step), (part,))], {}, [engine])
+        books.book_tokens([engine], float(step))
+    prices = {p.token_kind: p for p in books.token_prices(now_wall_s=40.0)}
+    assert prices["prompt"].estimator == "regression"
+    # The configured weight alone would have put 0.05 J per prompt token far off.
+    weighted_share = 0.25 * prompt / (0.25 * prompt + generation)
+    total = prompt * true_prompt_j + generation * true_generation_j
+    assert abs(total * weighted_share / prompt - true_prompt_j) > 0.5 * true_prompt_j
+    assert prices["prompt"].energy_per_token_joules == pytest.approx(
+        true_prompt_j, rel=0.02
+    )
+    assert prices["generation"].energy_per_token_joules == pytest.approx(
+        true_generation_j, rel=0.02
+    )
+
+
+def test_a_fit_on_a_fixed_mix_is_not_trusted() -> None:
+    books = Books(FlatPrices())
+    engine = _engine("e", frozenset({1}), m=ModelTotals(0.0, 0.0))
+    books.book_tokens([engine], 0.0)
+    for step in range(1, 30):
+        part = ProcessEnergy(
+            pid=1, active_joules=100.0, idle_joules=0.0, holding_share=1.0
+        )
+        engine = _engine("e", frozenset({1}), m=ModelTotals(400.0 * step, 100.0 * step))
+        books.book_intervals([_interval(float(step), (part,))], {}, [engine])
+        books.book_tokens([engine], float(step))
+    prices = books.token_prices(now_wall_s=30.0)
+    # A fixed 4:1 mix cannot tell a prompt token's cost from a generated one's.
+    assert {p.estimator for p in prices} == {"weight"}

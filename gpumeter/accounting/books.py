@@ -58,6 +58,10 @@ class TokenPrice:
         tokens: tokens of that kind in the window.
         cost_per_million: money per million tokens, in the configured currency.
         energy_per_token_joules: joules per token.
+        estimator: how the cost was divided between prompt and generated tokens:
+            ``phase_time`` (the engine's prefill and decode time), ``regression``
+            (energy fitted on both token counts), or ``weight`` (the configured
+            prompt-token weight).
     """
 
     engine: str
@@ -66,6 +70,7 @@ class TokenPrice:
     tokens: float
     cost_per_million: float
     energy_per_token_joules: float
+    estimator: str = "weight"
 
 
 def workload_of(info: ProcessInfo | None, pid: int) -> str:
@@ -180,6 +185,10 @@ class Books:
         self._tokens = _Window(window_s)  # (engine, model) -> prompt, gen, pre s, dec s
         self._last_totals: dict[tuple[str, str], ModelTotals] = {}
         self._model_shares: dict[str, dict[str, float]] = {}
+        # Per engine: active energy since its tokens were last booked, and the
+        # sums of a least-squares fit of that energy on its token counts.
+        self._active_pending: defaultdict[str, float] = defaultdict(float)
+        self._fit = _Window(window_s)  # (engine, "") -> pp, pg, gg, pE, gE, n
 
     # Booking
 
@@ -188,6 +197,7 @@ class Books:
         for status in engines:
             name = status.target.name
             deltas: dict[str, float] = {}
+            prompt_sum = generation_sum = 0.0
             for model, totals in status.totals.items():
                 key = (name, model)
                 before = self._last_totals.get(key)
@@ -206,6 +216,16 @@ class Books:
                 if any(values):
                     self._tokens.add(wall_s, key, values)
                 deltas[model] = values[0] + values[1]
+                prompt_sum += values[0]
+                generation_sum += values[1]
+            energy = self._active_pending.pop(name, 0.0)
+            if deltas and (prompt_sum or generation_sum):
+                p, g = prompt_sum, generation_sum
+                self._fit.add(
+                    wall_s,
+                    (name, ""),
+                    (p * p, p * g, g * g, p * energy, g * energy, 1.0),
+                )
             total = sum(deltas.values())
             if total > 0:
                 self._model_shares[name] = {
@@ -245,6 +265,8 @@ class Books:
             engine = engine_of.get(part.pid)
             workload = engine or workload_of(processes.get(part.pid), part.pid)
             joules = part.active_joules + part.idle_joules
+            if engine is not None:
+                self._active_pending[engine] += part.active_joules
             money = (
                 self.prices.energy_cost(joules, start, end),
                 hardware * part.holding_share,
@@ -322,11 +344,13 @@ class Books:
         """Cost and energy per token of every engine's model over the window.
 
         An engine's cost is divided between prompt and generated tokens by its own
-        prefill and decode time where it reports them, else by token counts with
-        prompt tokens weighed by ``prefill_weight``.
+        prefill and decode time where it reports them; else by the energy each kind
+        costs at the margin, fitted over the window, when the fit is sound; else by
+        token counts with prompt tokens weighed by ``prefill_weight``.
         """
         spend = self._spend.sums(now_wall_s)
         tokens = self._tokens.sums(now_wall_s)
+        fits = self._fit.sums(now_wall_s)
         prices: list[TokenPrice] = []
         for (engine, model), (money, joules) in sorted(spend.items()):
             prompt, generation, prefill_s, decode_s = tokens.get(
@@ -334,9 +358,17 @@ class Books:
             )
             if prompt + generation <= 0:
                 continue
+            marginal = _marginal_joules(fits.get((engine, "")))
             if prefill_s + decode_s > 0:
+                estimator = "phase_time"
                 prompt_share = prefill_s / (prefill_s + decode_s)
+            elif marginal is not None and (prompt or generation):
+                estimator = "regression"
+                prompt_cost = marginal[0] * prompt
+                both = prompt_cost + marginal[1] * generation
+                prompt_share = prompt_cost / both if both else 0.0
             else:
+                estimator = "weight"
                 weighted = prompt * self._prefill_weight
                 prompt_share = (
                     weighted / (weighted + generation) if weighted + generation else 0.0
@@ -355,9 +387,38 @@ class Books:
                             tokens=count,
                             cost_per_million=money * share / count * 1e6,
                             energy_per_token_joules=joules * share / count,
+                            estimator=estimator,
                         )
                     )
         return prices
+
+
+# The fewest observations, and the least independence between prompt and generated
+# token counts (1 - their squared correlation), for a fit to be trusted.
+_FIT_MIN_OBSERVATIONS = 8
+_FIT_MIN_INDEPENDENCE = 0.05
+
+
+def _marginal_joules(sums: list[float] | None) -> tuple[float, float] | None:
+    """Joules per prompt and per generated token, from least-squares sums.
+
+    The fit is energy = a * prompt + b * generated over the window's bookings,
+    with no intercept (idle energy is not in it). It is trusted only with enough
+    observations, token mixes that vary independently, and both slopes positive.
+    """
+    if sums is None:
+        return None
+    pp, pg, gg, pe, ge, n = sums
+    if n < _FIT_MIN_OBSERVATIONS or pp <= 0 or gg <= 0:
+        return None
+    det = pp * gg - pg * pg
+    if det / (pp * gg) < _FIT_MIN_INDEPENDENCE:
+        return None
+    a = (gg * pe - pg * ge) / det
+    b = (pp * ge - pg * pe) / det
+    if a <= 0 or b <= 0:
+        return None
+    return a, b
 
 
 def _or0(value: float | None) -> float:

@@ -285,10 +285,18 @@ def _book_families(
         "GPU energy per token over the sliding window, in joules.",
         labels=["engine", "model", "token_kind"],
     )
+    split = GaugeMetricFamily(
+        "gpumeter_token_split_info",
+        "How an engine's cost is divided between prompt and generated tokens: "
+        "phase_time, regression or weight; always 1.",
+        labels=["engine", "model", "estimator"],
+    )
     for price in books.token_prices:
         labels = [price.engine, price.model, price.token_kind]
         per_million.add_metric([*labels, currency], price.cost_per_million)
         per_token.add_metric(labels, price.energy_per_token_joules)
+        if price.token_kind == "all":
+            split.add_metric([price.engine, price.model, price.estimator], 1.0)
     method = GaugeMetricFamily(
         "gpumeter_gpu_energy_method_info",
         "How a GPU's energy is measured: counter, or power integrated; always 1.",
@@ -310,4 +318,5 @@ def _book_families(
     )
     for gpu, watts in sorted(idle_watts.items()):
         baseline.add_metric([gpu], watts)
-    yield from (energy, cost, idle, per_million, per_token, method, basis, baseline)
+    yield from (energy, cost, idle, per_million, per_token, split, method, basis)
+    yield baseline
