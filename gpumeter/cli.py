@@ -100,6 +100,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level != "debug":
+        # apscheduler logs every run of every job at info: once a second, here.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _load(path: Path | None, explicit: bool) -> Settings | None:

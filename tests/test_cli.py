@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gpumeter.cli import main
-from tests.running import base_env
+from gpumeter.sim import Scenario
+from tests.fake_nvml.conftest_plugin import FakeNvml
+from tests.running import Gpumeter, base_env, free_port, get, wait_for
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,3 +56,26 @@ def test_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"gpumeter: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_the_daemon_logs_its_lifecycle_not_every_tick(
+    tmp_path: Path, fake_nvml: FakeNvml
+) -> None:
+    fake_nvml.load(Scenario(gpus=(), init_error=9))  # the driver is not loaded
+    port = free_port()
+    env = fake_nvml.env(base_env())
+    env["GPUMETER_PROCESSES__PROC_ROOT"] = str(tmp_path)
+    process = Gpumeter(["run", "--listen", f"127.0.0.1:{port}"], env, tmp_path)
+    try:
+        wait_for(
+            lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200 or None, 10, "up"
+        )
+        time.sleep(2.5)  # a few ticks
+    finally:
+        assert process.stop() == 0
+    lines = process.log().strip().splitlines()
+    assert any("serving /metrics" in line for line in lines)
+    assert any("gpumeter stopped" in line for line in lines)
+    # Without a driver: one error for the outage, nothing per tick.
+    assert sum("NVML unavailable" in line for line in lines) == 1
+    assert len(lines) < 12, lines
