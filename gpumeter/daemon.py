@@ -20,7 +20,7 @@ from gpumeter.accounting.pricing import Pricing
 from gpumeter.clock import Clock, SystemClock
 from gpumeter.config import Settings, parse_listen
 from gpumeter.engines.discovery import ServerCandidate, ServerFinder
-from gpumeter.engines.records import EngineTarget
+from gpumeter.engines.records import EngineStatus, EngineTarget
 from gpumeter.engines.scrape import Scraper
 from gpumeter.engines.source import EngineSource
 from gpumeter.errors import ListenError
@@ -92,6 +92,7 @@ class Daemon:
         ]
         self._engine_targets.extend(engine_targets)
         self._engines: EngineSource | None = None
+        self._engine_statuses: tuple[EngineStatus, ...] = ()
         self._finder = (
             ServerFinder(proc_root=settings.processes.proc_root)
             if settings.engines.discovery
@@ -161,7 +162,7 @@ class Daemon:
                 processes[pid] = info
         self._processes.forget_except(pids)
         intervals = self._attributor.update(samples)
-        engines = self._engines.engines if self._engines is not None else ()
+        engines = self._engine_statuses
         self._books.book_intervals(intervals, processes, engines)
         snap = NodeSnapshot(
             gpus=samples,
@@ -261,6 +262,8 @@ class Daemon:
                 )
                 await engines.adopt(candidates, started)
             statuses = await engines.scrape()
+            # Published whole for the NVML thread, which books against it.
+            self._engine_statuses = statuses
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._books.book_tokens, statuses, self._clock.time()
             )
